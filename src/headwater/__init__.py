@@ -1,0 +1,3 @@
+"""Headwater: self-hosted event analytics (HTTP collector, durable log, Iceberg lake, SQL)."""
+
+__version__ = "0.1.0"

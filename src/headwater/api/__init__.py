@@ -1,0 +1,1 @@
+"""The HTTP application: collector routes, query API, health and metrics."""

@@ -1,0 +1,198 @@
+"""Builds the Starlette app that `headwater up` / `headwater collector` serve."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import REGISTRY
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from headwater import __version__
+from headwater.auth.keys import KeyStore
+from headwater.collector.parsing import Limits
+from headwater.collector.routes import (
+    Collector,
+    collector_routes,
+    error_response,
+    json_response,
+    request_key,
+)
+from headwater.core.errors import AuthError, QueryError
+from headwater.core.settings import Settings
+from headwater.lake.writer import GROUP as LAKE_GROUP
+from headwater.log.sqlite import SqliteAdmin, SqliteLog
+from headwater.query.engine import QueryEngine
+
+log = logging.getLogger(__name__)
+
+
+class LogGauges:
+    """Prometheus collector computing log size and per-group lag at scrape time."""
+
+    def __init__(self, admin: SqliteAdmin) -> None:
+        self.admin = admin
+
+    def collect(self) -> Any:
+        size = GaugeMetricFamily("headwater_log_size_bytes", "Live bytes in the event log")
+        size.add_metric([], self.admin.size_bytes())
+        ends = self.admin.end_offsets()
+        end = GaugeMetricFamily("headwater_log_end_offset", "Next offset per partition", labels=["partition"])
+        for partition, offset in ends.items():
+            end.add_metric([str(partition)], offset)
+        lag = GaugeMetricFamily("headwater_consumer_lag", "Records not yet consumed per group", labels=["group"])
+        for group, offsets in self.admin.group_offsets().items():
+            lag.add_metric([group], sum(max(0, e - offsets.get(p, 0)) for p, e in ends.items()))
+        yield from (size, end, lag)
+
+
+class Services:
+    """Everything the routes share, opened in the lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = SqliteLog(settings.log_path, settings.offsets_path, settings.log_partitions)
+        self.producer = self.log.producer(
+            group_commit_wait_ms=settings.group_commit_wait_ms,
+            dedupe_window_s=settings.dedupe_window_hours * 3600,
+            retention_s=settings.log_retention_hours * 3600,
+        )
+        self.admin = self.log.admin()
+        self.keys = KeyStore(settings.keys_path)
+        limits = Limits(settings.max_request_bytes, settings.max_event_bytes, settings.max_batch_events)
+        self.collector = Collector(self.producer, self.keys, limits)
+        self.query = QueryEngine(settings)
+        self.started = time.time()
+
+    def check_pressure(self) -> None:
+        budget = self.settings.log_disk_budget_mb * 1024 * 1024
+        size = self.admin.size_bytes()
+        lag = self.admin.lag(LAKE_GROUP)
+        if size > budget:
+            self.collector.overload = (f"log over disk budget: {size} of {budget} bytes used", 5)
+        elif lag > self.settings.max_lake_lag_events:
+            self.collector.overload = (f"lake writer lagging: {lag} events behind", 2)
+        else:
+            self.collector.overload = None
+
+    def close(self) -> None:
+        self.producer.close()
+        self.admin.close()
+        self.query.close()
+        self.keys.close()
+
+
+def metrics_registry(services: Services) -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return registry
+
+
+def build_app(settings: Settings) -> Starlette:
+    services: Services | None = None
+    gauges_registry = CollectorRegistry()
+
+    def svc() -> Services:
+        assert services is not None, "services are opened in the lifespan"
+        return services
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal services
+        services = await run_in_threadpool(Services, settings)
+        gauges_registry.register(LogGauges(services.admin))
+        app.state.services = services
+        for route in collector_routes(services.collector):
+            app.router.routes.append(route)
+        watcher = asyncio.create_task(_watch(services))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await run_in_threadpool(services.close)
+
+    async def healthz(request: Request) -> Response:
+        s = svc()
+        payload = {
+            "status": "ok" if s.collector.overload is None else "degraded",
+            "version": __version__,
+            "uptime_s": round(time.time() - s.started, 1),
+            "lake_lag_events": s.admin.lag(LAKE_GROUP),
+            "overload": s.collector.overload[0] if s.collector.overload else None,
+        }
+        return json_response(payload)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        s = svc()
+        body = generate_latest(metrics_registry(s)) + generate_latest(gauges_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def query(request: Request) -> Response:
+        s = svc()
+        try:
+            s.keys.require(request_key(request), read=True)
+        except AuthError as exc:
+            return error_response(str(exc), exc.status)
+        try:
+            doc = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return error_response(f"body is not valid JSON: {exc}", 400)
+        if not isinstance(doc, dict) or not isinstance(doc.get("sql"), str):
+            return error_response('sql: required, send {"sql": "SELECT ..."}', 400)
+        max_rows = doc.get("max_rows")
+        if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
+            return error_response("max_rows: must be a positive integer", 400)
+        limit = min(max_rows or s.settings.query_max_rows, s.settings.query_max_rows)
+        try:
+            result = await run_in_threadpool(s.query.execute, doc["sql"], limit)
+        except QueryError as exc:
+            return error_response(str(exc), exc.status)
+        return Response(
+            orjson.dumps(result.as_dict(), default=str, option=orjson.OPT_NON_STR_KEYS),
+            media_type="application/json",
+        )
+
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["POST", "GET", "OPTIONS"],
+            allow_headers=["*"],
+            max_age=86400,
+        )
+    ]
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/api/query", query, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+async def _watch(services: Services) -> None:
+    """Refresh back-pressure state twice a second."""
+    while True:
+        try:
+            await run_in_threadpool(services.check_pressure)
+        except Exception:
+            log.exception("back-pressure check failed")
+        await asyncio.sleep(0.5)

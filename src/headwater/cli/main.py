@@ -1,0 +1,349 @@
+"""`headwater`: up, server, writer, query, generate, import, keys, config."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from headwater.core.errors import HeadwaterError
+from headwater.core.settings import Settings, load_settings
+
+app = typer.Typer(help="Headwater: self-hosted event analytics.", no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(config_app, name="config")
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (default ./headwater.toml)."),
+]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory (default ./.headwater).")]
+HostOpt = Annotated[str | None, typer.Option("--host", help="Address to bind.")]
+PortOpt = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on (0 = any free port).")]
+
+
+def settings_from(config: Path | None, **flags: Any) -> Settings:
+    try:
+        return load_settings(config, **flags)
+    except HeadwaterError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+def fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Also send demo traffic and print how to query it.")] = False,
+) -> None:
+    """Run everything on one machine: collector, log, lake writer, maintenance, query API."""
+    from headwater.runtime.supervisor import Supervisor
+
+    settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    supervisor = Supervisor(settings, config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        bound = supervisor.start()
+    except RuntimeError as exc:
+        supervisor.stop()
+        fail(str(exc))
+    url = f"http://{settings.host}:{bound}"
+    console.print(f"[green]Headwater is up[/green] at {url}  (data in {settings.data_dir.resolve()})")
+    watcher = threading.Thread(target=supervisor.watch, daemon=True)
+    watcher.start()
+    if demo:
+        _start_demo(settings, url, stop)
+    console.print("Stop with Ctrl-C (intake stops first, then buffered events are committed).")
+    stop.wait()
+    console.print("stopping: closing intake, committing buffered events…")
+    supervisor.stop()
+    console.print("stopped")
+
+
+def _demo_key(settings: Settings) -> str:
+    from headwater.auth.keys import KeyStore
+
+    if settings.demo_key:
+        return settings.demo_key
+    path = settings.data_dir / "demo.key"
+    if path.exists():
+        return path.read_text().strip()
+    store = KeyStore(settings.keys_path)
+    try:
+        key = store.create(f"demo-admin-{int(time.time())}", "admin")
+    finally:
+        store.close()
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def _start_demo(settings: Settings, url: str, stop: threading.Event) -> None:
+    from headwater.loadgen.generate import GenerateOptions, generate
+
+    key = _demo_key(settings)
+    console.print(f"Demo admin key: [bold]{key}[/bold]")
+    console.print(
+        f'Send:  curl -H \'x-api-key: {key}\' --data-binary \'{{"event":"LOGIN","userId":"joe1"}}\' {url}/track'
+    )
+    sql = "SELECT event, count(*) AS n, count(DISTINCT user_id) AS users FROM events GROUP BY event ORDER BY n DESC"
+    body = orjson.dumps({"sql": sql}).decode()
+    console.print(f"Query: curl -H 'Authorization: Bearer {key}' -d '{body}' {url}/api/query")
+    console.print(f'   or: headwater query "{sql}" --data-dir {settings.data_dir}')
+
+    def run() -> None:
+        options = GenerateOptions(url=url, key=key, rate=settings.demo_rate, batch=20, days=7, concurrency=1)
+        while not stop.is_set():
+            options.duration = 5.0
+            try:
+                asyncio.run(generate(options))
+            except Exception as exc:
+                console.print(f"demo generator: {exc}")
+                stop.wait(1)
+
+    threading.Thread(target=run, daemon=True, name="demo").start()
+
+
+@app.command()
+def server(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    port_file: Annotated[Path | None, typer.Option(help="Write the bound port to this file once listening.")] = None,
+) -> None:
+    """Run only the HTTP server: collector, query API, /healthz, /metrics."""
+    from headwater.runtime.processes import serve
+
+    try:
+        serve(settings_from(config, data_dir=data_dir, host=host, port=port), port_file)
+    except HeadwaterError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def writer(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Run only the lake writer and table maintenance."""
+    from headwater.runtime.processes import run_writer
+
+    try:
+        run_writer(settings_from(config, data_dir=data_dir))
+    except HeadwaterError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One SELECT statement over `events` and `quarantine`.")],
+    output: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    max_rows: Annotated[int | None, typer.Option(help="Row cap (default: query_max_rows).")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run SQL over the lake (read-only) and print the result."""
+    from headwater.query.engine import QueryEngine
+
+    if output not in ("table", "csv", "json"):
+        fail("--format must be table, csv or json")
+    settings = settings_from(config, data_dir=data_dir)
+    try:
+        engine = QueryEngine(settings)
+        result = engine.execute(sql, max_rows)
+    except HeadwaterError as exc:
+        fail(str(exc))
+    if output == "json":
+        sys.stdout.write(orjson.dumps(result.as_dict(), default=str).decode() + "\n")
+    elif output == "csv":
+        buffer = io.StringIO()
+        writer_ = csv.writer(buffer)
+        writer_.writerow(result.columns)
+        writer_.writerows(result.rows)
+        sys.stdout.write(buffer.getvalue())
+    else:
+        table = RichTable(*result.columns)
+        for row in result.rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        Console().print(table)
+        console.print(
+            f"{len(result.rows)} rows in {result.elapsed_ms:.0f} ms" + (" (truncated)" if result.truncated else "")
+        )
+
+
+@app.command()
+def generate(
+    url: Annotated[str, typer.Option(help="Base URL of the collector.")] = "http://127.0.0.1:8080",
+    key: Annotated[str, typer.Option(help="Write key.", envvar="HEADWATER_KEY")] = "",
+    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 400.0,
+    batch: Annotated[int, typer.Option(help="Events per request (the seed uses 100).")] = 100,
+    users: Annotated[int, typer.Option(help="Distinct users (0 = the seed's 210 names).")] = 0,
+    days: Annotated[int, typer.Option(help="Spread event times over the last N days.")] = 0,
+    total: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    message_ids: Annotated[bool, typer.Option(help="Give every event a messageId.")] = False,
+) -> None:
+    """Send LOGIN-like events to /track like the seed's perl generator, with a progress bar."""
+    from headwater.loadgen.generate import GenerateOptions
+    from headwater.loadgen.generate import generate as run_generate
+
+    if not key:
+        fail("--key is required (a write key: `headwater keys create NAME --role write`)")
+    if total is None and duration is None:
+        fail("give --total N or --duration SECONDS")
+    options = GenerateOptions(url, key, rate, batch, users, days, total, duration, concurrency, message_ids)
+    with _progress() as progress:
+        task = progress.add_task("sending", total=total)
+        summary = asyncio.run(run_generate(options, lambda n: progress.advance(task, n)))
+    sys.stdout.write(orjson.dumps(summary.as_dict()).decode() + "\n")
+    if summary.errors and not summary.accepted:
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )  # fmt: skip
+
+
+@app.command("import")
+def import_files(
+    files: Annotated[list[Path], typer.Argument(help="NDJSON / JSON / CSV / Parquet files.")],
+    source: Annotated[str, typer.Option(help="Value of the `source` column.")] = "import",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Backfill files into the lake through the same validation and normalisation as live events."""
+    from headwater.lake.importer import Importer
+
+    settings = settings_from(config, data_dir=data_dir)
+    importer = Importer(settings, source)
+    totals: dict[str, int] = {}
+    started = time.monotonic()
+    with _progress() as progress:
+        for path in files:
+            task = progress.add_task(path.name, total=None)
+
+            def advance(n: int, task_id: Any = task) -> None:
+                progress.advance(task_id, n)
+
+            try:
+                counts = importer.import_file(path, advance)
+            except HeadwaterError as exc:
+                fail(str(exc))
+            for name, value in counts.items():
+                totals[name] = totals.get(name, 0) + value
+    elapsed = time.monotonic() - started
+    totals_out: dict[str, Any] = dict(totals)
+    totals_out["elapsed_s"] = round(elapsed, 2)
+    totals_out["rows_per_s"] = round(totals.get("rows", 0) / elapsed, 1) if elapsed else 0
+    sys.stdout.write(orjson.dumps(totals_out).decode() + "\n")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key; it becomes the events' `source`.")],
+    role: Annotated[str, typer.Option(help="write (send events), read (query) or admin (both).")] = "write",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the key.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a key and print it (it is stored hashed and cannot be shown again)."""
+    from headwater.auth.keys import KeyStore
+
+    store = KeyStore(settings_from(config, data_dir=data_dir).keys_path)
+    try:
+        key = store.create(name, role)
+    except HeadwaterError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    if quiet:
+        sys.stdout.write(key + "\n")
+    else:
+        sys.stdout.write(f"created {role} key {name!r}:\n{key}\nStore it now: it cannot be shown again.\n")
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """List keys (names, roles, prefixes; never the keys)."""
+    from headwater.auth.keys import KeyStore
+
+    store = KeyStore(settings_from(config, data_dir=data_dir).keys_path)
+    table = RichTable("name", "role", "prefix", "created", "status")
+    for key in store.list():
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_ms / 1000))
+        table.add_row(key.name, key.role, key.prefix + "…", created, "revoked" if key.revoked_ms else "active")
+    store.close()
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Revoke a key by name (takes effect within 2 seconds)."""
+    from headwater.auth.keys import KeyStore
+
+    store = KeyStore(settings_from(config, data_dir=data_dir).keys_path)
+    try:
+        store.revoke(name)
+    except HeadwaterError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    sys.stdout.write(f"revoked {name!r}\n")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+) -> None:
+    """Print the effective settings (file, then HEADWATER_* env, then flags), secrets masked."""
+    settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    for name, value in settings.masked().items():
+        sys.stdout.write(f"{name} = {orjson.dumps(value).decode()}\n")
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print every setting with its default and meaning, as a Markdown table."""
+    sys.stdout.write(settings_markdown())
+
+
+def settings_markdown() -> str:
+    lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "" if default is None else str(default)
+        lines.append(f"| `{name}` | `HEADWATER_{name.upper()}` | `{shown}` | {field.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Shared foundations: settings, errors, event model. Imports nothing else of headwater."""

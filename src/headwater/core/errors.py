@@ -1,0 +1,53 @@
+"""One root exception with a subclass per component."""
+
+
+class HeadwaterError(Exception):
+    """Root of every error Headwater raises on purpose."""
+
+
+class ConfigError(HeadwaterError):
+    """A setting is missing or invalid."""
+
+
+class AuthError(HeadwaterError):
+    """A key is missing, unknown, revoked or lacks the role."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CollectorError(HeadwaterError):
+    """A request to the collector cannot be accepted as a whole."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LogError(HeadwaterError):
+    """The event log failed or is unavailable."""
+
+
+class BackPressureError(LogError):
+    """The log is over its disk budget or the lake writer lags: retry later."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LakeError(HeadwaterError):
+    """The lake (Iceberg tables) failed."""
+
+
+class QueryError(HeadwaterError):
+    """A query was refused, failed, or timed out."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ImportFileError(HeadwaterError):
+    """A file given to `headwater import` cannot be read."""

@@ -1,0 +1,29 @@
+"""Prometheus metrics of every component (multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("headwater_http_requests", "HTTP requests by route and status", ["route", "status"])
+EVENTS_ACCEPTED = Counter("headwater_events_accepted", "Events durably appended to the log", ["endpoint"])
+EVENTS_REJECTED = Counter("headwater_events_rejected", "Events quarantined as invalid", ["endpoint"])
+EVENTS_DUPLICATE = Counter("headwater_events_duplicate", "Events dropped as duplicates of a recent messageId")
+REQUEST_BYTES = Counter("headwater_request_bytes", "Request body bytes received (after decompression)")
+BACKPRESSURE = Counter("headwater_backpressure_responses", "503 answers sent because of back-pressure", ["reason"])
+APPEND_SECONDS = Histogram(
+    "headwater_log_append_seconds", "Time from request parsed to log fsync",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)  # fmt: skip
+LAKE_COMMITS = Counter("headwater_lake_commits", "Iceberg commits by table", ["table"])
+LAKE_ROWS = Counter("headwater_lake_rows", "Rows committed to Iceberg by table", ["table"])
+LAKE_COMMIT_SECONDS = Histogram(
+    "headwater_lake_commit_seconds", "Iceberg commit latency",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)  # fmt: skip
+LAKE_COMPACTIONS = Counter("headwater_lake_compactions", "Partitions compacted", ["table"])
+QUERY_SECONDS = Histogram(
+    "headwater_query_seconds",
+    "Query latency",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUERY_ERRORS = Counter("headwater_query_errors", "Queries refused or failed", ["kind"])

@@ -1,0 +1,181 @@
+"""The one typed settings object: `headwater.toml`, then `HEADWATER_*` env, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from headwater.core.errors import ConfigError
+
+SECRET_FIELDS = frozenset({"catalog_uri", "demo_key"})
+
+
+class Settings(BaseSettings):
+    """Every Headwater setting. Field descriptions are the user-facing documentation."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADWATER_", extra="forbid")
+    config_file: ClassVar[Path | None] = None
+
+    # --- where and how to listen
+    data_dir: Path = Field(Path(".headwater"), description="Directory for the log, keys, catalog and warehouse.")
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP server (0 picks a free one).")
+    cors_origins: str = Field(
+        "*", description="Comma-separated origins allowed by CORS on the collector ('*' for any)."
+    )
+    json_logs: bool = Field(False, description="Write process logs as JSON lines instead of text.")
+    log_level: str = Field("info", description="Process log level: debug, info, warning, error.")
+
+    # --- collector limits
+    max_request_bytes: int = Field(
+        5_000_000, ge=1024, description="Largest request body after decompression; larger gets 413."
+    )
+    max_event_bytes: int = Field(65_536, ge=256, description="Largest single event; larger ones are quarantined.")
+    max_batch_events: int = Field(2_500, ge=1, description="Most events in one request; more gets 413.")
+    dedupe_window_hours: float = Field(
+        24.0,
+        ge=0,
+        description="Same messageId from the same source within this window is stored once (0 disables).",
+    )
+
+    # --- event log
+    log_partitions: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Partitions of the embedded event log (events are keyed by user id, else anonymous id).",
+    )
+    log_retention_hours: float = Field(24.0, ge=0, description="Consumed log batches older than this are deleted.")
+    log_disk_budget_mb: int = Field(
+        4_096,
+        ge=16,
+        description="When the log is over this size the collector answers 503 with Retry-After.",
+    )
+    group_commit_wait_ms: float = Field(
+        1.0,
+        ge=0,
+        description="How long the log appender waits to gather concurrent requests into one fsync.",
+    )
+
+    # --- lake writer
+    catalog_uri: str | None = Field(
+        None, description="SQLAlchemy URI of the Iceberg SQL catalog (default: SQLite in data_dir)."
+    )
+    warehouse: str | None = Field(None, description="Warehouse location for table files (default: data_dir/warehouse).")
+    flush_events: int = Field(
+        200_000,
+        ge=1,
+        description="Lake writer commits when this many events are buffered (Firehose's buffer size).",
+    )
+    flush_interval_ms: int = Field(
+        500,
+        ge=10,
+        description="Lake writer commits buffered events at least this often (Firehose's buffer interval).",
+    )
+    max_lake_lag_events: int = Field(
+        5_000_000,
+        ge=1000,
+        description="When the lake writer lags by more events than this the collector answers 503.",
+    )
+    compact_min_files: int = Field(
+        24, ge=2, description="A day partition with at least this many small files is compacted."
+    )
+    compact_small_file_mb: int = Field(64, ge=1, description="Files under this size are candidates for compaction.")
+    snapshot_retention_minutes: float = Field(
+        30.0,
+        ge=1,
+        description="Snapshots older than this are expired and files no longer referenced are deleted.",
+    )
+    maintenance_interval_s: float = Field(10.0, ge=0.1, description="How often the writer runs table maintenance.")
+
+    # --- query
+    query_timeout_s: float = Field(30.0, gt=0, description="Queries running longer than this are cancelled.")
+    query_max_rows: int = Field(
+        10_000,
+        ge=1,
+        description="Most rows a query returns; the answer says when it was truncated.",
+    )
+    query_threads: int = Field(0, ge=0, description="DuckDB threads for queries (0 = number of cores).")
+    query_memory_limit: str = Field("4GB", description="DuckDB memory limit for queries.")
+
+    # --- demo
+    demo_rate: float = Field(50.0, ge=0, description="Events per second sent by `headwater up --demo`.")
+    demo_key: str | None = Field(None, description="Admin key printed by `up --demo` (created when absent).")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log_level must be one of debug, info, warning, error")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = cls.config_file
+        if path is not None and path.exists():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # --- derived paths
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "log" / "events.db"
+
+    @property
+    def offsets_path(self) -> Path:
+        return self.data_dir / "log" / "offsets.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_dir / "keys.db"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return Path(self.warehouse) if self.warehouse else self.data_dir / "warehouse"
+
+    @property
+    def effective_catalog_uri(self) -> str:
+        if self.catalog_uri:
+            return self.catalog_uri
+        return f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings with secrets masked, for `config show`."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if name in SECRET_FIELDS and value:
+                out[name] = "****"
+            else:
+                out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from the config file, the environment, then explicit overrides (CLI flags)."""
+    path = config or Path(os.environ.get("HEADWATER_CONFIG", "headwater.toml"))
+    if config is not None and not config.exists():
+        raise ConfigError(f"config file {config} does not exist")
+    Settings.config_file = path
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc

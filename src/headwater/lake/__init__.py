@@ -1,0 +1,1 @@
+"""The lake: Apache Iceberg tables `events` and `quarantine` written through pyiceberg."""

@@ -1,0 +1,1 @@
+"""Load generation modelled on the lolscale seed's perl data generator."""

@@ -1,0 +1,423 @@
+"""The embedded event log: SQLite in WAL mode, one row per record batch, group-committed.
+
+Why SQLite and not a hand-rolled segment file: it gives crash-safe atomic transactions (the
+batch rows, the partition high-water marks and the de-duplication index commit together or not
+at all), fsync on commit (`synchronous=FULL`), and concurrent readers while one thread writes.
+Record batches keep Kafka's model: each partition has dense, ordered offsets; a batch row holds
+records [base_offset, base_offset + count).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import logging
+import queue
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import Future
+from pathlib import Path
+from typing import IO
+
+from headwater.core.errors import LogError
+from headwater.log.base import AppendResult, Record
+
+log = logging.getLogger(__name__)
+_HEADER = struct.Struct("<iI")  # key length (-1 = no key), value length
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partition_state (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    partition INTEGER NOT NULL, base_offset INTEGER NOT NULL, count INTEGER NOT NULL,
+    append_ms INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (partition, base_offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedupe (
+    source TEXT NOT NULL, message_id TEXT NOT NULL, seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (source, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_seen ON dedupe (seen_ms);
+"""
+_OFFSETS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS groups (group_id TEXT PRIMARY KEY, registered_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS offsets (
+    group_id TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL, PRIMARY KEY (group_id, partition)
+) WITHOUT ROWID;
+"""
+
+
+def encode_batch(records: list[tuple[bytes | None, bytes]]) -> bytes:
+    parts: list[bytes] = []
+    for key, value in records:
+        if key is None:
+            parts.append(_HEADER.pack(-1, len(value)))
+        else:
+            parts.append(_HEADER.pack(len(key), len(value)))
+            parts.append(key)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_batch(payload: bytes) -> list[tuple[bytes | None, bytes]]:
+    out: list[tuple[bytes | None, bytes]] = []
+    pos, end, size = 0, len(payload), _HEADER.size
+    while pos < end:
+        klen, vlen = _HEADER.unpack_from(payload, pos)
+        pos += size
+        key = None
+        if klen >= 0:
+            key = payload[pos : pos + klen]
+            pos += klen
+        out.append((key, payload[pos : pos + vlen]))
+        pos += vlen
+    return out
+
+
+def _connect(path: Path, *, writer: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL" if writer else "PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class SqliteLog:
+    """Opens (creating if needed) the embedded log at `path`, offsets in `offsets_path`."""
+
+    def __init__(self, path: Path, offsets_path: Path, partitions: int = 4) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.offsets_path = path, offsets_path
+        conn = _connect(path, writer=True)
+        try:
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('partitions', ?)", (str(partitions),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', lower(hex(randomblob(8))))")
+            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            self.partitions = int(meta["partitions"])
+            self.log_id = meta["log_id"]
+            if self.partitions != partitions:
+                log.warning("log has %d partitions; ignoring log_partitions=%d", self.partitions, partitions)
+            conn.executemany(
+                "INSERT OR IGNORE INTO partition_state VALUES (?, 0)",
+                [(p,) for p in range(self.partitions)],
+            )
+        finally:
+            conn.close()
+        oconn = _connect(offsets_path, writer=True)
+        try:
+            oconn.executescript(_OFFSETS_SCHEMA)
+        finally:
+            oconn.close()
+
+    def producer(self, **kwargs: float) -> SqliteProducer:
+        return SqliteProducer(self, **kwargs)
+
+    def consumer(self, group: str) -> SqliteConsumer:
+        return SqliteConsumer(self, group)
+
+    def admin(self) -> SqliteAdmin:
+        return SqliteAdmin(self)
+
+
+class SqliteAdmin:
+    """Read-only views: end offsets, committed offsets per group, lag, size."""
+
+    def __init__(self, log_: SqliteLog) -> None:
+        self.partitions = log_.partitions
+        self._conn = _connect(log_.path, writer=False)
+        self._oconn = _connect(log_.offsets_path, writer=False)
+        self._lock = threading.Lock()
+
+    def end_offsets(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
+
+    def group_offsets(self) -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        with self._lock:
+            for (group,) in self._oconn.execute("SELECT group_id FROM groups").fetchall():
+                out[group] = {}
+            rows = self._oconn.execute("SELECT group_id, partition, next_offset FROM offsets").fetchall()
+        for group, partition, offset in rows:
+            out.setdefault(group, {})[partition] = offset
+        return out
+
+    def lag(self, group: str) -> int:
+        ends = self.end_offsets()
+        committed = self.group_offsets().get(group, {})
+        return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
+
+    def size_bytes(self) -> int:
+        """Live bytes in the log (freed pages are reused, so this is what counts against the budget)."""
+        with self._lock:
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def close(self) -> None:
+        self._conn.close()
+        self._oconn.close()
+
+
+_Item = tuple[list[tuple[bytes | None, bytes]], list[tuple[str, str] | None] | None, Future[AppendResult]]
+
+
+class SqliteProducer:
+    """The single appender: one thread, group commit (one fsync for many concurrent requests)."""
+
+    def __init__(
+        self,
+        log_: SqliteLog,
+        group_commit_wait_ms: float = 1.0,
+        dedupe_window_s: float = 86_400.0,
+        retention_s: float = 86_400.0,
+        retention_check_s: float = 10.0,
+    ) -> None:
+        self.partitions = log_.partitions
+        self._log = log_
+        self._wait = group_commit_wait_ms / 1000
+        self._dedupe_ms = int(dedupe_window_s * 1000)
+        self._retention_ms = int(retention_s * 1000)
+        self._retention_check = retention_check_s
+        self._round_robin = itertools.cycle(range(self.partitions))
+        self._lock_file: IO[str] = open(log_.path.with_suffix(".lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise LogError(f"another process is already appending to {log_.path}; stop it first") from None
+        self._conn = _connect(log_.path, writer=True)
+        self._next = dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._closed = False
+        self.on_commit: list[tuple[str, float]] = []  # hook for metrics: not used by the log itself
+        self._thread = threading.Thread(target=self._run, name="log-appender", daemon=True)
+        self._thread.start()
+
+    def partition_for(self, key: bytes | None) -> int:
+        if key is None:
+            return next(self._round_robin)
+        return zlib.crc32(key) % self.partitions
+
+    def append(
+        self,
+        records: list[tuple[bytes | None, bytes]],
+        idempotency_keys: list[tuple[str, str] | None] | None = None,
+    ) -> Future[AppendResult]:
+        future: Future[AppendResult] = Future()
+        if self._closed:
+            future.set_exception(LogError("the log is closed"))
+            return future
+        self._queue.put((records, idempotency_keys, future))
+        return future
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+            self._conn.close()
+            self._lock_file.close()
+
+    def _run(self) -> None:
+        last_retention = time.monotonic()
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            items = [first]
+            deadline = time.monotonic() + self._wait
+            while len(items) < 512:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                items.append(item)
+            try:
+                results = self._write(items)
+            except Exception as exc:
+                log.exception("log append failed")
+                for _, _, future in items:
+                    future.set_exception(LogError(f"log append failed: {exc}"))
+            else:
+                for (_, _, future), result in zip(items, results, strict=True):
+                    future.set_result(result)
+            if time.monotonic() - last_retention > self._retention_check:
+                last_retention = time.monotonic()
+                try:
+                    self.enforce_retention()
+                except sqlite3.Error:
+                    log.exception("log retention failed")
+
+    def _write(self, items: list[_Item]) -> list[AppendResult]:
+        now = int(time.time() * 1000)
+        cutoff = now - self._dedupe_ms
+        conn = self._conn
+        results: list[AppendResult] = []
+        by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for records, keys, _ in items:
+                result = AppendResult()
+                skip: set[int] = set()
+                if keys and self._dedupe_ms > 0:
+                    for index, idem in enumerate(keys):
+                        if idem is None:
+                            continue
+                        cur = conn.execute(
+                            "INSERT INTO dedupe VALUES (?, ?, ?) ON CONFLICT (source, message_id) "
+                            "DO UPDATE SET seen_ms = excluded.seen_ms WHERE seen_ms < ?",
+                            (idem[0], idem[1], now, cutoff),
+                        )
+                        if cur.rowcount == 0:
+                            skip.add(index)
+                    result.duplicates = sorted(skip)
+                for index, record in enumerate(records):
+                    if index in skip:
+                        continue
+                    by_partition.setdefault(self.partition_for(record[0]), []).append(record)
+                result.written = len(records) - len(skip)
+                results.append(result)
+            new_next = dict(self._next)
+            for partition, batch in by_partition.items():
+                base = new_next[partition]
+                conn.execute(
+                    "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+                    (partition, base, len(batch), now, encode_batch(batch)),
+                )
+                new_next[partition] = base + len(batch)
+                conn.execute(
+                    "UPDATE partition_state SET next_offset = ? WHERE partition = ?",
+                    (base + len(batch), partition),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._next = new_next
+        return results
+
+    def enforce_retention(self, size_budget_bytes: int | None = None) -> int:
+        """Delete batches every registered group has consumed and that are past retention."""
+        admin = self._log.admin()
+        try:
+            groups = admin.group_offsets()
+        finally:
+            admin.close()
+        now = int(time.time() * 1000)
+        deleted = 0
+        conn = self._conn
+        for partition in range(self.partitions):
+            floor = min((g.get(partition, 0) for g in groups.values()), default=0)
+            cur = conn.execute(
+                "DELETE FROM batches WHERE partition = ? AND base_offset + count <= ? AND append_ms < ?",
+                (partition, floor, now - self._retention_ms),
+            )
+            deleted += cur.rowcount
+        if self._dedupe_ms > 0:
+            conn.execute("DELETE FROM dedupe WHERE seen_ms < ?", (now - self._dedupe_ms,))
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return deleted
+
+
+class SqliteConsumer:
+    """A member of a consumer group; owns every partition (one member per group in embedded mode)."""
+
+    def __init__(self, log_: SqliteLog, group: str) -> None:
+        self.group = group
+        self.partitions = log_.partitions
+        self._conn = _connect(log_.path, writer=False)
+        self._oconn = _connect(log_.offsets_path, writer=True)
+        self._oconn.execute("INSERT OR IGNORE INTO groups VALUES (?, ?)", (group, int(time.time() * 1000)))
+        committed = self.committed()
+        self._positions = {p: committed.get(p, self._earliest(p)) for p in range(self.partitions)}
+
+    def _earliest(self, partition: int) -> int:
+        row = self._conn.execute("SELECT MIN(base_offset) FROM batches WHERE partition = ?", (partition,)).fetchone()
+        if row[0] is not None:
+            return int(row[0])
+        end = self._conn.execute("SELECT next_offset FROM partition_state WHERE partition = ?", (partition,))
+        return int(end.fetchone()[0])
+
+    def committed(self) -> dict[int, int]:
+        rows = self._oconn.execute(
+            "SELECT partition, next_offset FROM offsets WHERE group_id = ?", (self.group,)
+        ).fetchall()
+        return {int(p): int(o) for p, o in rows}
+
+    def seek(self, partition: int, offset: int) -> None:
+        self._positions[partition] = offset
+
+    def position(self, partition: int) -> int:
+        return self._positions[partition]
+
+    def end_offsets(self) -> dict[int, int]:
+        return dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ends = self.end_offsets()
+            ready = [p for p in range(self.partitions) if self._positions[p] < ends.get(p, 0)]
+            if ready:
+                return self._read(ready, max_records)
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+    def _read(self, partitions: list[int], max_records: int) -> list[Record]:
+        out: list[Record] = []
+        per_partition = max(1, max_records // len(partitions))
+        for partition in partitions:
+            pos = self._positions[partition]
+            rows = self._conn.execute(
+                "SELECT base_offset, count, append_ms, payload FROM batches WHERE partition = ? AND base_offset <= ? "
+                "AND base_offset + count > ? UNION ALL SELECT * FROM (SELECT base_offset, count, append_ms, payload "
+                "FROM batches WHERE partition = ? AND base_offset > ? ORDER BY base_offset LIMIT 64)",
+                (partition, pos, pos, partition, pos),
+            ).fetchall()
+            taken = 0
+            for base, _count, append_ms, payload in rows:
+                if base > pos:  # retention removed records a new group had not read: skip ahead
+                    log.warning(
+                        "group %s partition %d: offsets %d..%d no longer in the log",
+                        self.group,
+                        partition,
+                        pos,
+                        base,
+                    )
+                    pos = base
+                for index, (key, value) in enumerate(decode_batch(payload)):
+                    offset = base + index
+                    if offset < pos:
+                        continue
+                    out.append(Record(partition, offset, key, value, append_ms))
+                    pos = offset + 1
+                    taken += 1
+                if taken >= per_partition:
+                    break
+            self._positions[partition] = pos
+        return out
+
+    def commit(self, offsets: dict[int, int] | None = None) -> None:
+        offsets = dict(self._positions) if offsets is None else offsets
+        now = int(time.time() * 1000)
+        with self._oconn:
+            self._oconn.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?, ?) ON CONFLICT (group_id, partition) "
+                "DO UPDATE SET next_offset = excluded.next_offset, updated_ms = excluded.updated_ms",
+                [(self.group, p, o, now) for p, o in offsets.items()],
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+        self._oconn.close()

@@ -1,0 +1,181 @@
+"""Sandboxed DuckDB over the Iceberg tables.
+
+File lists come from pyiceberg's scan planning (cached per table metadata version) and are
+exposed as views `events` and `quarantine`. The database then has external access disabled
+except for the warehouse directory, its configuration locked, and every statement is checked to
+be a single SELECT before it runs; a timer interrupts queries past the time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import duckdb
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
+
+from headwater.core import metrics
+from headwater.core.errors import QueryError
+from headwater.core.settings import Settings
+from headwater.lake.tables import JSON_COLUMNS, SPECS, ensure_tables, open_catalog
+
+log = logging.getLogger(__name__)
+DUCK_TYPES = {"string": "VARCHAR", "timestamptz": "TIMESTAMPTZ", "int": "INTEGER", "long": "BIGINT"}
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool = False
+    elapsed_ms: float = 0.0
+    types: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "columns": self.columns,
+            "types": self.types,
+            "rows": self.rows,
+            "row_count": len(self.rows),
+            "truncated": self.truncated,
+            "elapsed_ms": round(self.elapsed_ms, 2),
+        }
+
+
+def _local_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    return parsed.path if parsed.scheme in ("", "file") else uri
+
+
+class QueryEngine:
+    """One DuckDB database per engine; each query runs on its own cursor."""
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or open_catalog(settings)
+        ensure_tables(self.catalog)
+        warehouse = str(settings.warehouse_path.resolve())
+        config: dict[str, Any] = {"memory_limit": settings.query_memory_limit}
+        if settings.query_threads:
+            config["threads"] = settings.query_threads
+        self._db = duckdb.connect(":memory:", config=config)
+        self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute("SET enable_object_cache = true")
+        self._db.execute("SET allowed_directories = [?]", [warehouse + "/"])
+        self._db.execute("SET enable_external_access = false")
+        self._db.execute("SET autoinstall_known_extensions = false")
+        self._db.execute("SET autoload_known_extensions = false")
+        self._db.execute("SET lock_configuration = true")
+        self._views: dict[str, str] = {}  # table -> metadata location the view was built from
+        self._lock = threading.Lock()
+        self.refresh()
+
+    def _load(self, name: str) -> Table | None:
+        try:
+            return self.catalog.load_table(f"headwater.{name}")
+        except NoSuchTableError:
+            return None
+
+    def refresh(self) -> None:
+        """Rebuild a view when its table has a new metadata version."""
+        with self._lock:
+            for name in SPECS:
+                table = self._load(name)
+                if table is None or self._views.get(name) == table.metadata_location:
+                    continue
+                self._db.execute(self._view_sql(name, table))
+                self._views[name] = table.metadata_location
+
+    def _view_sql(self, name: str, table: Table) -> str:
+        schema = SPECS[name][0]
+        json_columns = JSON_COLUMNS.get(name, ())
+        columns = []
+        for column in schema.columns:
+            duck = DUCK_TYPES[str(column.field_type)]
+            expr = f'CAST("{column.name}" AS {duck})'
+            if column.name in json_columns:
+                expr = f'CAST("{column.name}" AS JSON)'
+            columns.append(f'{expr} AS "{column.name}"')
+        files = [_local_path(task.file.file_path) for task in table.scan().plan_files()]
+        if not files:
+            empty = ", ".join(
+                f'CAST(NULL AS {"JSON" if c.name in json_columns else DUCK_TYPES[str(c.field_type)]}) AS "{c.name}"'
+                for c in schema.columns
+            )
+            return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {empty} WHERE false'
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        return (
+            f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(columns)} '
+            f"FROM read_parquet([{listed}], union_by_name = true)"
+        )
+
+    def check(self, sql: str) -> None:
+        """Refuse anything but exactly one SELECT."""
+        if not sql or not sql.strip():
+            raise QueryError("sql: empty query")
+        try:
+            statements = self._db.cursor().extract_statements(sql)
+        except duckdb.Error as exc:
+            raise QueryError(f"sql: {_clean(exc)}") from None
+        if len(statements) != 1:
+            raise QueryError(f"sql: send exactly one statement, got {len(statements)}")
+        kind = statements[0].type
+        if kind != duckdb.StatementType.SELECT:
+            raise QueryError(f"sql: only SELECT queries are allowed, got {kind.name}", 403)
+
+    def execute(self, sql: str, max_rows: int | None = None, timeout_s: float | None = None) -> QueryResult:
+        started = time.perf_counter()
+        try:
+            self.check(sql)
+            self.refresh()
+            result = self._run(
+                sql,
+                max_rows or self.settings.query_max_rows,
+                timeout_s or self.settings.query_timeout_s,
+            )
+        except QueryError as exc:
+            metrics.QUERY_ERRORS.labels("refused" if exc.status == 403 else "invalid").inc()
+            raise
+        result.elapsed_ms = (time.perf_counter() - started) * 1000
+        metrics.QUERY_SECONDS.observe(result.elapsed_ms / 1000)
+        return result
+
+    def _run(self, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
+        cursor = self._db.cursor()
+        timer = threading.Timer(timeout_s, cursor.interrupt)
+        timer.start()
+        try:
+            relation = cursor.execute(sql)
+            columns = [d[0] for d in relation.description or []]
+            types = [str(d[1]) for d in relation.description or []]
+            rows = relation.fetchmany(max_rows + 1)
+        except duckdb.InterruptException:
+            metrics.QUERY_ERRORS.labels("timeout").inc()
+            raise QueryError(f"query cancelled after the {timeout_s:g} s time limit", 408) from None
+        except duckdb.PermissionException as exc:
+            raise QueryError(f"not allowed: {_clean(exc)}", 403) from None
+        except duckdb.Error as exc:
+            raise QueryError(_clean(exc)) from None
+        finally:
+            timer.cancel()
+            cursor.close()
+        truncated = len(rows) > max_rows
+        return QueryResult(columns, [list(r) for r in rows[:max_rows]], truncated, types=types)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _clean(exc: Exception) -> str:
+    return str(exc).strip().replace("\n", " ")
+
+
+def warehouse_dir(settings: Settings) -> Path:
+    return settings.warehouse_path.resolve()

@@ -1,0 +1,1 @@
+"""Running the services: server, writer, and `up` which supervises both."""

@@ -1,0 +1,137 @@
+"""Test helpers: a real `headwater` server process on a free port, and HTTP shortcuts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from headwater.auth.keys import KeyStore
+from headwater.core.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_keys(data_dir: Path) -> dict[str, str]:
+    store = KeyStore(data_dir / "keys.db")
+    try:
+        return {role: store.create(f"test-{role}", role) for role in ("write", "read", "admin")}
+    finally:
+        store.close()
+
+
+@dataclass
+class RunningHeadwater:
+    """A `headwater up` (or `server`) process started by a test."""
+
+    data_dir: Path
+    env: dict[str, str]
+    command: str = "up"
+    keys: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    log_path: Path | None = None
+
+    def start(self, timeout: float = 60) -> RunningHeadwater:
+        port_file = self.data_dir / "run" / "server.port"
+        port_file.unlink(missing_ok=True)
+        args = [sys.executable, "-m", "headwater.cli.main", self.command, "--data-dir", str(self.data_dir)]
+        args += ["--port", "0"]
+        if self.command == "server":
+            port_file.parent.mkdir(parents=True, exist_ok=True)
+            args += ["--port-file", str(port_file)]
+        self.log_path = self.data_dir / f"{self.command}.log"
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(args, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"headwater exited: {self.log_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"headwater did not start: {self.log_text()}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
+        while True:  # ready when /healthz answers
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"headwater not healthy: {self.log_text()}")
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill_all(self) -> None:
+        """kill -9 the supervisor and its children (a machine-level crash of every process)."""
+        assert self.proc is not None
+        children = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in [self.proc.pid, *map(int, children)]:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def post(self, path: str, body: bytes | str, key: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if key is not None:
+            headers.setdefault("x-api-key", key)
+        content = body.encode() if isinstance(body, str) else body
+        return httpx.post(self.url + path, content=content, headers=headers, timeout=30, **kwargs)
+
+    def sql(self, sql: str, key: str | None = None) -> list[list[Any]]:
+        response = httpx.post(
+            self.url + "/api/query",
+            json={"sql": sql},
+            headers={"Authorization": f"Bearer {key or self.keys['read']}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["rows"]
+
+    def wait_rows(self, sql: str, expected: Any, timeout: float = 30) -> list[list[Any]]:
+        deadline = time.monotonic() + timeout
+        rows: list[list[Any]] = []
+        while time.monotonic() < deadline:
+            rows = self.sql(sql)
+            if rows == expected:
+                return rows
+            time.sleep(0.1)
+        raise AssertionError(f"{sql!r} gave {rows!r}, expected {expected!r}")
+
+
+def child_env(data_dir: Path, **settings: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    env["HEADWATER_DATA_DIR"] = str(data_dir)
+    env["HEADWATER_CONFIG"] = str(data_dir / "absent.toml")
+    for name, value in settings.items():
+        env[f"HEADWATER_{name.upper()}"] = str(value)
+    return env
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    Settings.config_file = None
+    return Settings(data_dir=data_dir, **overrides)
