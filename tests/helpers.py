@@ -48,8 +48,8 @@ class RunningHeadwater:
             port_file.parent.mkdir(parents=True, exist_ok=True)
             args += ["--port-file", str(port_file)]
         self.log_path = self.data_dir / f"{self.command}.log"
-        log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(args, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
+        with open(self.log_path, "ab") as log_file:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(args, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.proc.poll() is not None:

@@ -162,6 +162,7 @@ class BatchParser:
                 self._reject(where, str(exc), raw_bytes, meta)
                 continue
             self._accept(key, message_id, raw_bytes, meta)
+        self.out.rejected.sort(key=lambda item: item.get("line", item.get("index", 0)))
         return self.out
 
     def _too_big(self, size: int) -> str:

@@ -1,0 +1,188 @@
+"""The collector and query API over real HTTP against a real `headwater up`."""
+
+from __future__ import annotations
+
+import gzip
+import time
+import uuid
+
+import httpx
+import orjson
+
+from tests.helpers import RunningHeadwater
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_track_ndjson_lands_in_lake_with_mapping(headwater: RunningHeadwater) -> None:
+    user = unique("joe")
+    body = (
+        f'{{"event":"LOGIN","userId":"{user}","dateTime":"2026-01-15 10:00:00","plan":"pro"}}\n'
+        f'{{"event":"LOGOUT","user_id":"{user}","time":1768471260,"messageId":"{user}-m2"}}\n'
+    )
+    response = headwater.post("/track", body, headwater.keys["write"])
+    assert response.status_code == 200 and response.json() == {"success": True, "accepted": 2}
+    rows = headwater.wait_rows(
+        f"SELECT event, timestamp::VARCHAR, properties->>'plan', source FROM events WHERE user_id = '{user}' ORDER BY timestamp",
+        [["LOGIN", "2026-01-15 10:00:00+00", "pro", "test-write"], ["LOGOUT", "2026-01-15 10:01:00+00", None, "test-write"]],
+    )
+    assert rows
+    assert headwater.sql(f"SELECT event_id FROM events WHERE user_id = '{user}' AND event = 'LOGOUT'") == [[f"{user}-m2"]]
+
+
+def test_mixed_batch_keeps_valid_items_and_quarantines_the_rest(headwater: RunningHeadwater) -> None:
+    user = unique("mix")
+    body = f'{{"event":"A","userId":"{user}"}}\n{{"event":"B"}}\n{{broken\n{{"event":"C","userId":"{user}"}}\n'
+    response = headwater.post("/track", body, headwater.keys["write"])
+    assert response.status_code == 200
+    payload = response.json()
+    assert payload["accepted"] == 2 and payload["quarantined"] == 2
+    assert [r["line"] for r in payload["rejected"]] == [2, 3]
+    assert "userId" in payload["rejected"][0]["error"]
+    headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}'", [[2]])
+    headwater.wait_rows("SELECT count(*) FROM quarantine WHERE raw = '{broken'", [[1]])
+    rows = headwater.sql("SELECT source, endpoint, reason FROM quarantine WHERE raw = '{broken'")
+    assert rows[0][0] == "test-write" and rows[0][1] == "track-raw" and "invalid JSON" in rows[0][2]
+
+
+def test_all_invalid_is_400_but_still_quarantined(headwater: RunningHeadwater) -> None:
+    marker = unique("allbad")
+    response = headwater.post("/track", f'{{"event":"{marker}"}}', headwater.keys["write"])
+    assert response.status_code == 400 and response.json()["rejected"][0]["line"] == 1
+    headwater.wait_rows(f"SELECT count(*) FROM quarantine WHERE raw LIKE '%{marker}%'", [[1]])
+
+
+def test_auth_roles(headwater: RunningHeadwater) -> None:
+    body = '{"event":"A","userId":"u"}'
+    assert headwater.post("/track", body).status_code == 401
+    assert headwater.post("/track", body, "hw_w_unknown").status_code == 401
+    assert headwater.post("/track", body, headwater.keys["read"]).status_code == 403
+    assert headwater.post("/track", body, headwater.keys["admin"]).status_code == 200
+    query = {"sql": "SELECT 1"}
+    url = headwater.url + "/api/query"
+    assert httpx.post(url, json=query).status_code == 401
+    bearer = {"Authorization": f"Bearer {headwater.keys['write']}"}
+    assert httpx.post(url, json=query, headers=bearer).status_code == 403
+    for role in ("read", "admin"):
+        ok = httpx.post(url, json=query, headers={"Authorization": f"Bearer {headwater.keys[role]}"})
+        assert ok.status_code == 200 and ok.json()["rows"] == [[1]]
+
+
+def test_segment_endpoints_basic_auth_and_write_key_in_body(headwater: RunningHeadwater) -> None:
+    user = unique("seg")
+    auth = (headwater.keys["write"], "")
+    calls = {
+        "track": {"userId": user, "event": "Signed Up", "properties": {"plan": "pro"}, "messageId": f"{user}-1"},
+        "identify": {"userId": user, "traits": {"email": "a@example.com"}},
+        "page": {"userId": user, "name": "Home", "properties": {"path": "/"}},
+        "screen": {"userId": user, "name": "Dashboard"},
+        "group": {"userId": user, "groupId": "acme", "traits": {"plan": "enterprise"}},
+        "alias": {"userId": user, "previousId": f"anon-{user}"},
+    }
+    for endpoint, call in calls.items():
+        response = httpx.post(f"{headwater.url}/v1/{endpoint}", json=call, auth=auth)
+        assert response.status_code == 200, response.text
+        assert response.json()["success"] is True
+    batch = {
+        "writeKey": headwater.keys["write"],
+        "batch": [{"type": "track", "userId": user, "event": "Batched", "messageId": f"{user}-b"}],
+        "sentAt": "2026-01-01T00:00:00Z",
+    }
+    assert httpx.post(f"{headwater.url}/v1/batch", json=batch).status_code == 200
+    rows = headwater.wait_rows(
+        f"SELECT type, count(*) FROM events WHERE user_id = '{user}' GROUP BY type ORDER BY type",
+        [["alias", 1], ["group", 1], ["identify", 1], ["page", 1], ["screen", 1], ["track", 2]],
+    )
+    assert rows
+    details = headwater.sql(
+        f"SELECT event, group_id, previous_id, traits->>'email' FROM events WHERE user_id = '{user}' AND type IN ('identify', 'page', 'group', 'alias') ORDER BY type"
+    )
+    assert details == [
+        [None, None, f"anon-{user}", None],
+        [None, "acme", None, None],
+        [None, None, None, "a@example.com"],
+        ["Home", None, None, None],
+    ]
+
+
+def test_gzip_body_and_size_limits(headwater: RunningHeadwater) -> None:
+    user = unique("gz")
+    body = "\n".join(f'{{"event":"E","userId":"{user}"}}' for _ in range(50)).encode()
+    response = headwater.post("/track", gzip.compress(body), headwater.keys["write"], headers={"content-encoding": "gzip"})
+    assert response.json()["accepted"] == 50
+    bomb = gzip.compress(b'{"event":"E","userId":"u","p":"' + b"a" * 40_000_000 + b'"}')
+    refused = headwater.post("/track", bomb, headwater.keys["write"], headers={"content-encoding": "gzip"})
+    assert refused.status_code == 413 and "limit" in refused.json()["error"]
+    huge = headwater.post("/track", b"x" * 20_000_000, headwater.keys["write"])
+    assert huge.status_code == 413
+    too_many = "\n".join('{"event":"E","userId":"u"}' for _ in range(2501))
+    assert headwater.post("/track", too_many, headwater.keys["write"]).status_code == 413
+    headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}'", [[50]])
+
+
+def test_retried_message_ids_are_stored_once(headwater: RunningHeadwater) -> None:
+    user = unique("dup")
+    body = "\n".join(f'{{"event":"E","userId":"{user}","messageId":"{user}-{i}"}}' for i in range(10))
+    first = headwater.post("/track", body, headwater.keys["write"]).json()
+    second = headwater.post("/track", body, headwater.keys["write"]).json()
+    assert first == {"success": True, "accepted": 10}
+    assert second["duplicates"] == 10
+    time.sleep(1)
+    headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}'", [[10]])
+
+
+def test_cors_preflight_for_browser_sdks(headwater: RunningHeadwater) -> None:
+    response = httpx.options(
+        headwater.url + "/v1/batch",
+        headers={
+            "Origin": "https://shop.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] in ("*", "https://shop.example.com")
+
+
+def test_query_api_errors_are_readable(headwater: RunningHeadwater) -> None:
+    bearer = {"Authorization": f"Bearer {headwater.keys['read']}"}
+    url = headwater.url + "/api/query"
+    bad = httpx.post(url, json={"sql": "SELECT nope FROM events"}, headers=bearer)
+    assert bad.status_code == 400 and "nope" in bad.json()["error"]
+    refused = httpx.post(url, json={"sql": "COPY events TO '/tmp/x.csv'"}, headers=bearer)
+    assert refused.status_code == 403
+    assert httpx.post(url, content=b"{", headers=bearer).status_code == 400
+    assert httpx.post(url, json={"query": "x"}, headers=bearer).json()["error"].startswith("sql:")
+
+
+def test_health_and_metrics(headwater: RunningHeadwater) -> None:
+    headwater.post("/track", '{"event":"M","userId":"m"}', headwater.keys["write"])
+    health = httpx.get(headwater.url + "/healthz").json()
+    assert health["status"] == "ok" and "lake_lag_events" in health
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(headwater.url + "/metrics").text
+        if "headwater_lake_commits_total" in text:
+            break
+        time.sleep(0.2)
+    for name in (
+        "headwater_http_requests_total",
+        "headwater_events_accepted_total",
+        "headwater_log_size_bytes",
+        'headwater_consumer_lag{group="lake"}',
+        "headwater_lake_commits_total",
+        "headwater_lake_commit_seconds_bucket",
+        "headwater_query_seconds_bucket",
+    ):
+        assert name in text, name
+
+
+def test_event_visible_within_seconds(headwater: RunningHeadwater) -> None:
+    user = unique("fresh")
+    started = time.monotonic()
+    assert headwater.post("/track", f'{{"event":"F","userId":"{user}"}}', headwater.keys["write"]).status_code == 200
+    headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}'", [[1]], timeout=10)
+    assert time.monotonic() - started < 10  # generous: the benchmark measures the real p95
