@@ -7,7 +7,6 @@ import time
 import uuid
 
 import httpx
-import orjson
 
 from tests.helpers import RunningHeadwater
 
@@ -26,10 +25,15 @@ def test_track_ndjson_lands_in_lake_with_mapping(headwater: RunningHeadwater) ->
     assert response.status_code == 200 and response.json() == {"success": True, "accepted": 2}
     rows = headwater.wait_rows(
         f"SELECT event, timestamp::VARCHAR, properties->>'plan', source FROM events WHERE user_id = '{user}' ORDER BY timestamp",
-        [["LOGIN", "2026-01-15 10:00:00+00", "pro", "test-write"], ["LOGOUT", "2026-01-15 10:01:00+00", None, "test-write"]],
+        [
+            ["LOGIN", "2026-01-15 10:00:00+00", "pro", "test-write"],
+            ["LOGOUT", "2026-01-15 10:01:00+00", None, "test-write"],
+        ],
     )
     assert rows
-    assert headwater.sql(f"SELECT event_id FROM events WHERE user_id = '{user}' AND event = 'LOGOUT'") == [[f"{user}-m2"]]
+    assert headwater.sql(f"SELECT event_id FROM events WHERE user_id = '{user}' AND event = 'LOGOUT'") == [
+        [f"{user}-m2"]
+    ]
 
 
 def test_mixed_batch_keeps_valid_items_and_quarantines_the_rest(headwater: RunningHeadwater) -> None:
@@ -110,7 +114,9 @@ def test_segment_endpoints_basic_auth_and_write_key_in_body(headwater: RunningHe
 def test_gzip_body_and_size_limits(headwater: RunningHeadwater) -> None:
     user = unique("gz")
     body = "\n".join(f'{{"event":"E","userId":"{user}"}}' for _ in range(50)).encode()
-    response = headwater.post("/track", gzip.compress(body), headwater.keys["write"], headers={"content-encoding": "gzip"})
+    response = headwater.post(
+        "/track", gzip.compress(body), headwater.keys["write"], headers={"content-encoding": "gzip"}
+    )
     assert response.json()["accepted"] == 50
     bomb = gzip.compress(b'{"event":"E","userId":"u","p":"' + b"a" * 40_000_000 + b'"}')
     refused = headwater.post("/track", bomb, headwater.keys["write"], headers={"content-encoding": "gzip"})

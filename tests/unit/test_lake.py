@@ -20,7 +20,9 @@ def envelope(i: int, user: str = "u", day: str = "2026-01-15", bad: bool = False
     meta = {"src": "t", "ep": "track-raw", "ra": 1_768_471_200_000}
     if bad:
         return orjson.dumps({"m": meta, "q": "bad", "raw": f"raw{i}"})
-    return orjson.dumps({"m": meta, "e": {"event": "E", "userId": user, "messageId": f"m{i}", "time": f"{day} 10:00:00"}})
+    return orjson.dumps(
+        {"m": meta, "e": {"event": "E", "userId": user, "messageId": f"m{i}", "time": f"{day} 10:00:00"}}
+    )
 
 
 def setup(data_dir: Path, **overrides: Any) -> tuple[SqliteLog, Any, LakeWriter]:
@@ -57,7 +59,9 @@ def test_writer_commits_events_and_quarantine_with_offsets(data_dir: Path) -> No
 @pytest.mark.parametrize("fail_at", ["quarantine", "offsets"])
 def test_crash_between_commits_neither_loses_nor_duplicates(data_dir: Path, fail_at: str) -> None:
     log, producer, writer = setup(data_dir)
-    producer.append([(b"u", envelope(i)) for i in range(50)] + [(None, envelope(i, bad=True)) for i in range(5)]).result()
+    producer.append(
+        [(b"u", envelope(i)) for i in range(50)] + [(None, envelope(i, bad=True)) for i in range(5)]
+    ).result()
     while batch := writer.consumer.poll(100_000, 0):
         writer.add(batch)
     if fail_at == "quarantine":  # events committed, then the quarantine commit dies
@@ -152,4 +156,7 @@ def test_import_ndjson_csv_parquet_and_resume(data_dir: Path, tmp_path: Path) ->
         ["D", "u3", None, "backfill"],
         ["E", "u4", '{"n":5}', "backfill"],
     ]
-    assert count(data_dir, "SELECT reason FROM quarantine ORDER BY reason") == [["invalid JSON"], ["userId: required (or anonymousId)"]]
+    assert count(data_dir, "SELECT reason FROM quarantine ORDER BY reason") == [
+        ["invalid JSON"],
+        ["userId: required (or anonymousId)"],
+    ]

@@ -28,7 +28,10 @@ def test_batch_codec_roundtrip() -> None:
 def test_offsets_are_dense_per_partition_and_keyed(tmp_path: Path) -> None:
     log = open_log(tmp_path)
     producer = log.producer()
-    futures = [producer.append([(f"user{i % 7}".encode(), f"v{i}".encode()) for i in range(j, j + 10)]) for j in range(0, 200, 10)]
+    futures = [
+        producer.append([(f"user{i % 7}".encode(), f"v{i}".encode()) for i in range(j, j + 10)])
+        for j in range(0, 200, 10)
+    ]
     assert sum(f.result().written for f in futures) == 200
     producer.close()
     records = drain(log.consumer("g"))

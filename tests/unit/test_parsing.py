@@ -19,7 +19,9 @@ def values(parsed_records: list[tuple[bytes | None, bytes]]) -> list[dict[str, o
 
 
 def test_ndjson_valid_and_invalid_lines() -> None:
-    body = b'{"event":"A","userId":"u1"}\n\nnot json\n{"event":"B"}\r\n{"event":"C","anonymousId":"a","messageId":"m"}\n'
+    body = (
+        b'{"event":"A","userId":"u1"}\n\nnot json\n{"event":"B"}\r\n{"event":"C","anonymousId":"a","messageId":"m"}\n'
+    )
     out = parser().parse_track(body)
     assert out.valid == 2
     assert [r[0] for r in out.records] == [b"u1", b"a"]

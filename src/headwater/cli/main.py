@@ -26,7 +26,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,

@@ -115,14 +115,13 @@ class BatchParser:
         if not stripped:
             raise CollectorError("empty body: send newline-delimited JSON events", 400)
         items: list[tuple[dict[str, Any], bytes | None, Any]] = []
+        array = None
         if stripped[:1] == b"[":
             try:
                 array = orjson.loads(stripped)
-            except orjson.JSONDecodeError as exc:
-                self._reject({"index": 0}, f"invalid JSON array: {exc}", stripped, meta)
-                return self.out
-            if not isinstance(array, list):
-                raise CollectorError("body: expected a JSON array of events", 400)
+            except orjson.JSONDecodeError:
+                array = None  # not one JSON array: maybe NDJSON whose first line is junk
+        if isinstance(array, list):
             self._check_count(len(array))
             for index, obj in enumerate(array):
                 items.append(({"index": index}, None, obj))

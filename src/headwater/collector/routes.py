@@ -130,6 +130,8 @@ class Collector:
             payload["rejected"] = parsed.rejected
             payload["quarantined"] = len(parsed.rejected)
         status = 200 if accepted > 0 or not parsed.rejected else 400
+        if status == 400:
+            payload["error"] = f"no valid events: {len(parsed.rejected)} rejected (see `rejected`; kept in quarantine)"
         return json_response(payload, status)
 
 

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     log_retention_hours: float = Field(24.0, ge=0, description="Consumed log batches older than this are deleted.")
     log_disk_budget_mb: int = Field(
         4_096,
-        ge=16,
+        ge=1,
         description="When the log is over this size the collector answers 503 with Retry-After.",
     )
     group_commit_wait_ms: float = Field(
