@@ -26,13 +26,7 @@ from starlette.routing import Route
 from headwater import __version__
 from headwater.auth.keys import KeyStore
 from headwater.collector.parsing import Limits
-from headwater.collector.routes import (
-    Collector,
-    collector_routes,
-    error_response,
-    json_response,
-    request_key,
-)
+from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp, request_key
 from headwater.core.errors import AuthError, QueryError
 from headwater.core.settings import Settings
 from headwater.lake.writer import GROUP as LAKE_GROUP
@@ -106,7 +100,15 @@ def metrics_registry(services: Services) -> CollectorRegistry:
     return registry
 
 
-def build_app(settings: Settings) -> Starlette:
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"success": False, "error": message}, status, headers)
+
+
+def build_app(settings: Settings) -> IngestApp:
     services: Services | None = None
     gauges_registry = CollectorRegistry()
 
@@ -120,8 +122,7 @@ def build_app(settings: Settings) -> Starlette:
         services = await run_in_threadpool(Services, settings)
         gauges_registry.register(LogGauges(services.admin))
         app.state.services = services
-        for route in collector_routes(services.collector):
-            app.router.routes.append(route)
+        ingest.collector = services.collector
         watcher = asyncio.create_task(_watch(services))
         try:
             yield
@@ -148,7 +149,7 @@ def build_app(settings: Settings) -> Starlette:
     async def query(request: Request) -> Response:
         s = svc()
         try:
-            s.keys.require(request_key(request), read=True)
+            s.keys.require(request_key(request.headers), read=True)
         except AuthError as exc:
             return error_response(str(exc), exc.status)
         try:
@@ -185,7 +186,14 @@ def build_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/api/query", query, methods=["POST"]),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    ingest_routes = [Route(path, _method_not_allowed, methods=["GET"]) for path in INGEST_PATHS]
+    starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
+    ingest = IngestApp(starlette, origins)
+    return ingest
+
+
+async def _method_not_allowed(request: Request) -> Response:
+    return error_response("use POST to send events", 405, {"allow": "POST"})
 
 
 async def _watch(services: Services) -> None:

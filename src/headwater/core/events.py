@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +63,6 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 JSON_COLUMNS = ("properties", "context", "traits")
-EVENT_ID_NAMESPACE = uuid.UUID("6f1c1f8e-3f7a-4b8e-9a57-0c1f0e0d4a11")
 
 
 class InvalidEvent(ValueError):
@@ -173,15 +171,22 @@ def _dumps(value: Any) -> str | None:
 
 def event_id_for(log_id: str, partition: int, offset: int) -> str:
     """Stable id for an event that came without messageId, derived from its log position."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{log_id}/{partition}/{offset}"))
+    return f"hw-{log_id}-{partition}-{offset}"
 
 
 class RowBuilder:
-    """Accumulates normalised rows column by column (cheaper than dicts per row)."""
+    """Accumulates normalised rows column by column (cheaper than a dict per row).
+
+    This is the lake writer's per-event hot loop, so it avoids per-row allocations where it can:
+    columns are plain lists, receive times and event times are parsed once per distinct value.
+    """
 
     def __init__(self) -> None:
         self.events: dict[str, list[Any]] = {f.name: [] for f in EVENTS_SCHEMA}
         self.quarantine: dict[str, list[Any]] = {f.name: [] for f in QUARANTINE_SCHEMA}
+        self._columns = tuple(self.events[f.name] for f in EVENTS_SCHEMA)
+        self._received: dict[int, datetime] = {}
+        self._times: dict[Any, datetime] = {}
 
     @property
     def event_count(self) -> int:
@@ -191,9 +196,24 @@ class RowBuilder:
     def quarantine_count(self) -> int:
         return len(self.quarantine["raw"])
 
+    def _received_at(self, ms: int) -> datetime:
+        received = self._received.get(ms)
+        if received is None:
+            received = self._received[ms] = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        return received
+
+    def _time(self, value: Any, field: str) -> datetime:
+        key = value if isinstance(value, str) else (type(value), value)
+        parsed = self._times.get(key)
+        if parsed is None:
+            if len(self._times) > 200_000:
+                self._times.clear()
+            parsed = self._times[key] = parse_time(value, field)
+        return parsed
+
     def add(self, envelope: dict[str, Any], log_id: str, partition: int, offset: int) -> None:
         meta = envelope["m"]
-        received = datetime.fromtimestamp(meta["ra"] / 1000, tz=UTC)
+        received = self._received_at(meta["ra"])
         if "q" in envelope:
             self.add_quarantine(received, meta, envelope["q"], envelope["raw"], partition, offset)
             return
@@ -207,13 +227,7 @@ class RowBuilder:
             self.add_quarantine(received, meta, f"normalisation failed: {exc}", _dumps(obj) or "", partition, offset)
 
     def add_quarantine(
-        self,
-        received: datetime,
-        meta: dict[str, Any],
-        reason: str,
-        raw: str,
-        partition: int,
-        offset: int,
+        self, received: datetime, meta: dict[str, Any], reason: str, raw: str, partition: int, offset: int
     ) -> None:
         q = self.quarantine
         q["received_at"].append(received)
@@ -224,54 +238,73 @@ class RowBuilder:
         q["log_partition"].append(partition)
         q["log_offset"].append(offset)
 
-    def _append(self, **values: Any) -> None:
-        for name, column in self.events.items():
-            column.append(values.get(name))
+    def _append(
+        self, event_id: str, etype: str, event: str | None, user_id: str | None, anonymous_id: str | None,
+        group_id: str | None, previous_id: str | None, timestamp: datetime, received_at: datetime,
+        sent_at: datetime | None, source: str, properties: str | None, context: str | None, traits: str | None,
+    ) -> None:  # fmt: skip
+        c = self._columns  # same order as EVENTS_SCHEMA
+        c[0].append(event_id)
+        c[1].append(etype)
+        c[2].append(event)
+        c[3].append(user_id)
+        c[4].append(anonymous_id)
+        c[5].append(group_id)
+        c[6].append(previous_id)
+        c[7].append(timestamp)
+        c[8].append(received_at)
+        c[9].append(sent_at)
+        c[10].append(source)
+        c[11].append(properties)
+        c[12].append(context)
+        c[13].append(traits)
 
     def _add_raw(
-        self,
-        obj: dict[str, Any],
-        meta: dict[str, Any],
-        received: datetime,
-        log_id: str,
-        partition: int,
-        offset: int,
+        self, obj: dict[str, Any], meta: dict[str, Any], received: datetime, log_id: str, partition: int, offset: int
     ) -> None:
         ts = received
         for field in ("timestamp", "dateTime", "time"):
-            if obj.get(field) is not None:
-                ts = parse_time(obj[field], field)
+            value = obj.get(field)
+            if value is not None:
+                ts = self._time(value, field)
                 break
-        props = {k: v for k, v in obj.items() if k not in RAW_MAPPED}
+        extra = obj.keys() - RAW_MAPPED
+        props = _dumps({k: obj[k] for k in obj if k in extra}) if extra else None
+        message_id = obj.get("messageId")
+        user_id = obj.get("userId", obj.get("user_id"))
+        anonymous_id = obj.get("anonymousId", obj.get("anonymous_id"))
         self._append(
-            event_id=_message_id(obj) or event_id_for(log_id, partition, offset),
-            type="track",
-            event=obj["event"],
-            user_id=_ident(obj, "userId", "user_id"),
-            anonymous_id=_ident(obj, "anonymousId", "anonymous_id"),
-            timestamp=ts,
-            received_at=received,
-            source=meta["src"],
-            properties=_dumps(props) if props else None,
+            message_id
+            if isinstance(message_id, str) and message_id
+            else (_message_id(obj) or event_id_for(log_id, partition, offset)),
+            "track",
+            obj["event"],
+            user_id if isinstance(user_id, str) and user_id else _ident(obj, "userId", "user_id"),
+            anonymous_id
+            if isinstance(anonymous_id, str) and anonymous_id
+            else _ident(obj, "anonymousId", "anonymous_id"),
+            None,
+            None,
+            ts,
+            received,
+            None,
+            meta["src"],
+            props,
+            None,
+            None,
         )
 
     def _add_segment(
-        self,
-        obj: dict[str, Any],
-        meta: dict[str, Any],
-        received: datetime,
-        log_id: str,
-        partition: int,
-        offset: int,
+        self, obj: dict[str, Any], meta: dict[str, Any], received: datetime, log_id: str, partition: int, offset: int
     ) -> None:
         etype = obj.get("type") or meta["ep"]
         original = obj.get("timestamp", obj.get("originalTimestamp"))
         sent_raw = obj.get("sentAt", meta.get("sa"))
-        sent = parse_time(sent_raw, "sentAt") if sent_raw is not None else None
+        sent = self._time(sent_raw, "sentAt") if sent_raw is not None else None
         if original is None:
             ts = received
         else:
-            ts = parse_time(original, "timestamp")
+            ts = self._time(original, "timestamp")
             if sent is not None:  # Segment's clock-skew correction
                 ts = received - (sent - ts)
         context = obj.get("context")
@@ -283,20 +316,20 @@ class RowBuilder:
             context = {**(context or {}), **extra}
         event = obj.get("event") if etype == "track" else obj.get("name")
         self._append(
-            event_id=_message_id(obj) or event_id_for(log_id, partition, offset),
-            type=etype,
-            event=event if isinstance(event, str) else None,
-            user_id=_ident(obj, "userId"),
-            anonymous_id=_ident(obj, "anonymousId"),
-            group_id=_ident(obj, "groupId"),
-            previous_id=_ident(obj, "previousId"),
-            timestamp=ts,
-            received_at=received,
-            sent_at=sent,
-            source=meta["src"],
-            properties=_dumps(obj.get("properties")),
-            context=_dumps(context),
-            traits=_dumps(obj.get("traits")),
+            _message_id(obj) or event_id_for(log_id, partition, offset),
+            etype,
+            event if isinstance(event, str) else None,
+            _ident(obj, "userId"),
+            _ident(obj, "anonymousId"),
+            _ident(obj, "groupId"),
+            _ident(obj, "previousId"),
+            ts,
+            received,
+            sent,
+            meta["src"],
+            _dumps(obj.get("properties")),
+            _dumps(context),
+            _dumps(obj.get("traits")),
         )
 
     def tables(self) -> tuple[pa.Table, pa.Table]:

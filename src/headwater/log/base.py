@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record as a consumer sees it."""
+class Record(NamedTuple):
+    """One record as a consumer sees it (a NamedTuple: consumers create millions of them)."""
 
     partition: int
     offset: int
@@ -41,6 +40,12 @@ class Producer(Protocol):
         idempotency_keys: list[tuple[str, str] | None] | None = None,
     ) -> Future[AppendResult]:
         """Queue records; the future resolves once they are durable (fsynced)."""
+        ...
+
+    async def append_async(
+        self, records: list[tuple[bytes | None, bytes]], idempotency_keys: list[tuple[str, str] | None] | None = None
+    ) -> AppendResult:
+        """Append from asyncio code; returns once the records are durable."""
         ...
 
     def close(self) -> None: ...

@@ -9,6 +9,7 @@ records [base_offset, base_offset + count).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import itertools
 import logging
@@ -18,9 +19,9 @@ import struct
 import threading
 import time
 import zlib
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from headwater.core.errors import LogError
 from headwater.log.base import AppendResult, Record
@@ -194,7 +195,12 @@ class SqliteProducer:
         self._next = dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
-        self.on_commit: list[tuple[str, float]] = []  # hook for metrics: not used by the log itself
+        self._write_lock = threading.RLock()
+        self._last_retention = time.monotonic()
+        self._pending: list[Any] = []
+        self._flushing = False
+        self._flush_task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="log-append")
         self._thread = threading.Thread(target=self._run, name="log-appender", daemon=True)
         self._thread.start()
 
@@ -215,16 +221,60 @@ class SqliteProducer:
         self._queue.put((records, idempotency_keys, future))
         return future
 
+    async def append_async(
+        self, records: list[tuple[bytes | None, bytes]], idempotency_keys: list[tuple[str, str] | None] | None = None
+    ) -> AppendResult:
+        """Like append(), for asyncio callers: requests that arrive while a write is in flight are
+        committed together by the next one (group commit without a timer or a thread hop per request)."""
+        if self._closed:
+            raise LogError("the log is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AppendResult] = loop.create_future()
+        self._pending.append((records, idempotency_keys, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flush_task = loop.create_task(self._flush_pending(loop))
+        return await future
+
+    async def _flush_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while self._pending:
+                items, self._pending = self._pending, []
+                try:
+                    results = await loop.run_in_executor(self._executor, self._write_locked, items)
+                except Exception as exc:
+                    log.exception("log append failed")
+                    for _, _, future in items:
+                        if not future.done():
+                            future.set_exception(LogError(f"log append failed: {exc}"))
+                    continue
+                for (_, _, future), result in zip(items, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._flushing = False
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._queue.put(None)
             self._thread.join()
+            self._executor.shutdown(wait=True)
             self._conn.close()
             self._lock_file.close()
 
+    def _write_locked(self, items: list[Any]) -> list[AppendResult]:
+        with self._write_lock:
+            results = self._write(items)
+            if time.monotonic() - self._last_retention > self._retention_check:
+                self._last_retention = time.monotonic()
+                try:
+                    self.enforce_retention()
+                except sqlite3.Error:
+                    log.exception("log retention failed")
+            return results
+
     def _run(self) -> None:
-        last_retention = time.monotonic()
         stop = False
         while not stop:
             first = self._queue.get()
@@ -243,7 +293,7 @@ class SqliteProducer:
                     break
                 items.append(item)
             try:
-                results = self._write(items)
+                results = self._write_locked(items)
             except Exception as exc:
                 log.exception("log append failed")
                 for _, _, future in items:
@@ -251,12 +301,6 @@ class SqliteProducer:
             else:
                 for (_, _, future), result in zip(items, results, strict=True):
                     future.set_result(result)
-            if time.monotonic() - last_retention > self._retention_check:
-                last_retention = time.monotonic()
-                try:
-                    self.enforce_retention()
-                except sqlite3.Error:
-                    log.exception("log retention failed")
 
     def _write(self, items: list[_Item]) -> list[AppendResult]:
         now = int(time.time() * 1000)
@@ -306,8 +350,12 @@ class SqliteProducer:
         self._next = new_next
         return results
 
-    def enforce_retention(self, size_budget_bytes: int | None = None) -> int:
+    def enforce_retention(self) -> int:
         """Delete batches every registered group has consumed and that are past retention."""
+        with self._write_lock:
+            return self._enforce_retention()
+
+    def _enforce_retention(self) -> int:
         admin = self._log.admin()
         try:
             groups = admin.group_offsets()
@@ -380,8 +428,9 @@ class SqliteConsumer:
         for partition in partitions:
             pos = self._positions[partition]
             rows = self._conn.execute(
-                "SELECT base_offset, count, append_ms, payload FROM batches WHERE partition = ? AND base_offset <= ? "
-                "AND base_offset + count > ? UNION ALL SELECT * FROM (SELECT base_offset, count, append_ms, payload "
+                "SELECT * FROM (SELECT base_offset, count, append_ms, payload FROM batches WHERE partition = ? "
+                "AND base_offset <= ? ORDER BY base_offset DESC LIMIT 1) WHERE base_offset + count > ? "
+                "UNION ALL SELECT * FROM (SELECT base_offset, count, append_ms, payload "
                 "FROM batches WHERE partition = ? AND base_offset > ? ORDER BY base_offset LIMIT 64)",
                 (partition, pos, pos, partition, pos),
             ).fetchall()

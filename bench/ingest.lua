@@ -1,0 +1,23 @@
+-- wrk script: POST a fixed NDJSON body (BODY_FILE) to /track with the write key (KEY).
+local key = os.getenv("KEY")
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+local body = f:read("*a")
+f:close()
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["x-api-key"] = key
+wrk.headers["Content-Type"] = "application/x-ndjson"
+
+local statuses = {}
+response = function(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+done = function(summary, latency, requests)
+  local parts = {}
+  for code, n in pairs(statuses) do table.insert(parts, string.format('"%d": %d', code, n)) end
+  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "errors_connect": %d, "errors_read": %d, ' ..
+    '"errors_timeout": %d, "non_2xx": %d, "latency_p50_ms": %.3f, "latency_p99_ms": %.3f, "status": {%s}}\n',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.timeout,
+    summary.errors.status, latency:percentile(50) / 1000, latency:percentile(99) / 1000, table.concat(parts, ", ")))
+end
