@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -89,10 +90,8 @@ class RunningHeadwater:
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
         ).stdout.split()
         for pid in [self.proc.pid, *map(int, children)]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait()
 
     def post(self, path: str, body: bytes | str, key: str | None = None, **kwargs: Any) -> httpx.Response:

@@ -28,6 +28,7 @@ def hw(
         text=True,
         env=env,
         cwd=cwd,
+        check=False,
         timeout=300,
     )
     if check:
@@ -82,7 +83,10 @@ def test_generate_query_formats_and_import(headwater: RunningHeadwater, tmp_path
              "--days", "3", env=env).stdout  # fmt: skip
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["accepted"] == 1000 and summary["errors"] == 0
-    sql = "SELECT count(*) AS n FROM events WHERE source = 'test-write' AND event IN ('LOGIN','VIEW','CLICK','PURCHASE','LOGOUT')"
+    sql = (
+        "SELECT count(*) AS n FROM events "
+        "WHERE source = 'test-write' AND event IN ('LOGIN','VIEW','CLICK','PURCHASE','LOGOUT')"
+    )
     deadline = time.monotonic() + 20
     while int(orjson.loads(hw("query", sql, "--format", "json", env=env).stdout)["rows"][0][0]) < 1000:
         assert time.monotonic() < deadline

@@ -24,10 +24,11 @@ def test_track_ndjson_lands_in_lake_with_mapping(headwater: RunningHeadwater) ->
     response = headwater.post("/track", body, headwater.keys["write"])
     assert response.status_code == 200 and response.json() == {"success": True, "accepted": 2}
     rows = headwater.wait_rows(
-        f"SELECT event, timestamp::VARCHAR, properties->>'plan', source FROM events WHERE user_id = '{user}' ORDER BY timestamp",
+        f"SELECT event, timestamp::VARCHAR, properties->>'plan', source FROM events "
+        f"WHERE user_id = '{user}' ORDER BY timestamp",
         [
-            ["LOGIN", "2026-01-15 10:00:00+00", "pro", "test-write"],
-            ["LOGOUT", "2026-01-15 10:01:00+00", None, "test-write"],
+            ["LOGIN", "2026-01-15 10:00:00", "pro", "test-write"],
+            ["LOGOUT", "2026-01-15 10:01:00", None, "test-write"],
         ],
     )
     assert rows
@@ -101,7 +102,8 @@ def test_segment_endpoints_basic_auth_and_write_key_in_body(headwater: RunningHe
     )
     assert rows
     details = headwater.sql(
-        f"SELECT event, group_id, previous_id, traits->>'email' FROM events WHERE user_id = '{user}' AND type IN ('identify', 'page', 'group', 'alias') ORDER BY type"
+        f"SELECT event, group_id, previous_id, traits->>'email' FROM events "
+        f"WHERE user_id = '{user}' AND type IN ('identify', 'page', 'group', 'alias') ORDER BY type"
     )
     assert details == [
         [None, None, f"anon-{user}", None],

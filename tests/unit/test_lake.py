@@ -90,7 +90,7 @@ def test_crash_between_commits_neither_loses_nor_duplicates(data_dir: Path, fail
 
 
 def test_late_events_land_in_their_day_and_compaction_keeps_rows(data_dir: Path) -> None:
-    log, producer, writer = setup(data_dir, compact_min_files=3)
+    _, producer, writer = setup(data_dir, compact_min_files=3)
     for round_ in range(4):
         producer.append([(b"u", envelope(round_ * 10 + i, day="2026-01-15")) for i in range(10)]).result()
         producer.append([(b"u", envelope(1000 + round_, day="2025-12-31"))]).result()  # late
@@ -111,7 +111,7 @@ def test_late_events_land_in_their_day_and_compaction_keeps_rows(data_dir: Path)
 
 
 def test_expire_and_sweep_delete_unreferenced_files(data_dir: Path) -> None:
-    log, producer, writer = setup(data_dir, compact_min_files=2)
+    _, producer, writer = setup(data_dir, compact_min_files=2)
     for round_ in range(3):
         producer.append([(b"u", envelope(round_ * 10 + i)) for i in range(10)]).result()
         pump(writer)

@@ -43,9 +43,8 @@ def test_sandbox_refuses(engine: QueryEngine, sql: str, status: int, fragment: s
 
 
 def test_configuration_is_locked(engine: QueryEngine) -> None:
-    rows = engine.execute(
-        "SELECT value FROM duckdb_settings() WHERE name IN ('enable_external_access', 'lock_configuration') ORDER BY name"
-    ).rows
+    names = "'enable_external_access', 'lock_configuration'"
+    rows = engine.execute(f"SELECT value FROM duckdb_settings() WHERE name IN ({names}) ORDER BY name").rows
     assert rows == [["false"], ["true"]]
 
 

@@ -18,7 +18,7 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
-from pyiceberg.types import IntegerType, LongType, NestedField, StringType, TimestamptzType
+from pyiceberg.types import IntegerType, LongType, NestedField, StringType, TimestampType
 
 from headwater.core.settings import Settings
 
@@ -43,19 +43,19 @@ EVENTS = Schema(
     NestedField(
         8,
         "timestamp",
-        TimestamptzType(),
+        TimestampType(),
         required=True,
         doc="event time, UTC, clock-skew corrected",
     ),
-    NestedField(9, "received_at", TimestamptzType(), required=True),
-    NestedField(10, "sent_at", TimestamptzType(), required=False),
+    NestedField(9, "received_at", TimestampType(), required=True),
+    NestedField(10, "sent_at", TimestampType(), required=False),
     NestedField(11, "source", StringType(), required=True, doc="name of the API key that sent the event"),
     NestedField(12, "properties", StringType(), required=False, doc="JSON"),
     NestedField(13, "context", StringType(), required=False, doc="JSON"),
     NestedField(14, "traits", StringType(), required=False, doc="JSON"),
 )
 QUARANTINE = Schema(
-    NestedField(1, "received_at", TimestamptzType(), required=True),
+    NestedField(1, "received_at", TimestampType(), required=True),
     NestedField(2, "source", StringType(), required=True),
     NestedField(3, "endpoint", StringType(), required=True),
     NestedField(4, "reason", StringType(), required=True),

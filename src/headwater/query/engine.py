@@ -27,7 +27,7 @@ from headwater.core.settings import Settings
 from headwater.lake.tables import JSON_COLUMNS, SPECS, ensure_tables, open_catalog
 
 log = logging.getLogger(__name__)
-DUCK_TYPES = {"string": "VARCHAR", "timestamptz": "TIMESTAMPTZ", "int": "INTEGER", "long": "BIGINT"}
+DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
 
 
 @dataclass
@@ -111,10 +111,7 @@ class QueryEngine:
             )
             return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {empty} WHERE false'
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        return (
-            f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(columns)} '
-            f"FROM read_parquet([{listed}], union_by_name = true)"
-        )
+        return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(columns)} FROM read_parquet([{listed}])'
 
     def check(self, sql: str) -> None:
         """Refuse anything but exactly one SELECT."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 # month: 'YYYY-MM'
 DISTINCT_USERS_IN_MONTH = (
     "SELECT count(DISTINCT user_id) FROM events "
-    "WHERE timestamp >= TIMESTAMPTZ '{month}-01 00:00:00+00' "
-    "AND timestamp < TIMESTAMPTZ '{month}-01 00:00:00+00' + INTERVAL 1 MONTH"
+    "WHERE timestamp >= TIMESTAMP '{month}-01 00:00:00' "
+    "AND timestamp < TIMESTAMP '{month}-01 00:00:00' + INTERVAL 1 MONTH"
 )
 EVENTS_BY_DAY = "SELECT CAST(timestamp AS DATE) AS day, count(*) AS events FROM events GROUP BY day ORDER BY day"
 DISTINCT_USERS_BY_MONTH = (

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every benchmark; each prints JSON and keeps a copy in bench/results/.
+# Options are passed through as environment variables:
+#   BENCH_DURATION (ingest seconds per mode, default 20), BENCH_EVENTS (query data size, default 20000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+$PY -m bench.ingest --duration "${BENCH_DURATION:-20}"
+$PY -m bench.freshness
+$PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --keep
