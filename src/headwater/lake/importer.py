@@ -8,9 +8,16 @@ resumes where it stopped instead of duplicating rows.
 
 from __future__ import annotations
 
+import collections
+import gzip
 import hashlib
+import itertools
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,8 @@ from headwater.core.events import (
 from headwater.core.settings import Settings
 from headwater.lake.tables import ensure_tables, open_catalog
 
-CHUNK_ROWS = 250_000
+BLOCK_ROWS = 50_000  # rows per worker task
+CHUNK_ROWS = 1_000_000  # rows per Iceberg commit
 _JSON_TYPES = (str, int, float, bool, dict, list, type(None))
 PROGRESS_PROPERTY = "headwater.import."
 
@@ -49,50 +57,121 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def read_rows(path: Path) -> Iterator[tuple[Any, bytes | None]]:
-    """Yield (object, raw bytes or None) per row; undecodable lines yield (None, raw)."""
+def read_blocks(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield blocks of about BLOCK_ROWS rows: ("lines", [bytes]), ("batch", RecordBatch), ("objects", [obj])."""
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
-            yield from ((row, None) for row in batch.to_pylist())
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BLOCK_ROWS):
+            yield "batch", batch
     elif suffix in (".csv", ".csv.gz"):
-        reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        options = pacsv.ReadOptions(block_size=8 << 20)
+        reader = pacsv.open_csv(
+            path, read_options=options, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)
+        )
         for batch in reader:
-            for row in batch.to_pylist():
-                yield ({k: v for k, v in row.items() if v is not None}, None)
+            yield "csv", batch
     elif suffix == ".json":
         try:
             doc = orjson.loads(path.read_bytes())
         except orjson.JSONDecodeError:
             doc = None
-        if doc is None or not isinstance(doc, list | dict):  # maybe NDJSON named .json
-            yield from _ndjson(path)
-        else:
-            yield from ((obj, None) for obj in (doc if isinstance(doc, list) else [doc]))
+        if isinstance(doc, list | dict):
+            items = doc if isinstance(doc, list) else [doc]
+            for offset in range(0, len(items), BLOCK_ROWS):
+                yield "objects", items[offset : offset + BLOCK_ROWS]
+        else:  # NDJSON named .json
+            yield from _ndjson_blocks(path)
     elif suffix in (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz", ".json.gz", ".log"):
-        yield from _ndjson(path)
+        yield from _ndjson_blocks(path)
     else:
         raise ImportFileError(f"{path}: unknown format {suffix!r}; use .ndjson, .jsonl, .json, .csv or .parquet")
 
 
-def _ndjson(path: Path) -> Iterator[tuple[Any, bytes | None]]:
-    import gzip
-
+def _ndjson_blocks(path: Path) -> Iterator[tuple[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
+    block: list[bytes] = []
     with opener(path, "rb") as handle:
         for line in handle:
             line = line.strip()
-            if not line:
-                continue
+            if line:
+                block.append(line)
+                if len(block) >= BLOCK_ROWS:
+                    yield "lines", block
+                    block = []
+    if block:
+        yield "lines", block
+
+
+def block_rows(kind: str, payload: Any) -> Iterator[tuple[Any, bytes | None]]:
+    """(object, raw bytes or None) per row of a block; an undecodable line gives (None, raw)."""
+    if kind == "lines":
+        for line in payload:
             try:
                 yield orjson.loads(line), line
             except orjson.JSONDecodeError:
                 yield None, line
+    elif kind == "batch":
+        yield from ((row, None) for row in payload.to_pylist())
+    elif kind == "csv":
+        yield from (({k: v for k, v in row.items() if v is not None}, None) for row in payload.to_pylist())
+    else:
+        yield from ((obj, None) for obj in payload)
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """One block for a worker process; `floors` are per-table rows already committed."""
+
+    kind: str
+    payload: Any
+    first_row: int
+    floors: dict[str, int]
+    key: str
+    source: str
+    received_ms: int
+
+
+def normalise_block(job: BlockJob) -> tuple[pa.Table, pa.Table]:
+    """Validate and map one block (runs in a worker process)."""
+    builder = RowBuilder()
+    meta = {"src": job.source, "ep": RAW_TRACK, "ra": job.received_ms}
+    seg_meta = {"src": job.source, "ep": "batch", "ra": job.received_ms}
+    log_id = f"import:{job.key}"
+    for index, (obj, raw) in enumerate(block_rows(job.kind, job.payload)):
+        _add(builder, obj, raw, meta, seg_meta, log_id, job.first_row + index, job.floors)
+    return builder.tables()
+
+
+def _add(
+    builder: RowBuilder, obj: Any, raw: bytes | None, meta: dict[str, Any],
+    seg_meta: dict[str, Any], log_id: str, row_number: int, floors: dict[str, int],
+) -> None:  # fmt: skip
+    if obj is None:
+        if row_number > floors["quarantine"]:
+            text = (raw or b"").decode("utf-8", "backslashreplace")
+            builder.add({"m": meta, "q": "invalid JSON", "raw": text}, log_id, 0, row_number)
+        return
+    if isinstance(obj, dict) and any(not isinstance(v, _JSON_TYPES) for v in obj.values()):
+        obj = orjson.loads(orjson.dumps(obj, default=_json_default))  # dates from Parquet/CSV
+    segment = isinstance(obj, dict) and obj.get("type") in SEGMENT_TYPES
+    try:
+        if segment:
+            check_segment(obj, None)
+        else:
+            check_raw_track(obj)
+    except InvalidEvent as exc:
+        if row_number > floors["quarantine"]:
+            text = raw.decode("utf-8", "backslashreplace") if raw else orjson.dumps(obj, default=_json_default).decode()
+            builder.add({"m": meta, "q": str(exc), "raw": text}, log_id, 0, row_number)
+        return
+    if row_number > floors["events"]:
+        builder.add({"m": seg_meta if segment else meta, "e": obj}, log_id, 0, row_number)
 
 
 class Importer:
-    def __init__(self, settings: Settings, source: str = "import") -> None:
+    def __init__(self, settings: Settings, source: str = "import", workers: int | None = None) -> None:
         self.settings = settings
+        self.workers = workers or os.cpu_count() or 1
         self.source = source
         self.catalog = open_catalog(settings)
         self.tables = ensure_tables(self.catalog)
@@ -107,6 +186,7 @@ class Importer:
         return best
 
     def import_file(self, path: Path, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+        """Import one file; blocks are normalised in worker processes, committed in file order."""
         if not path.exists():
             raise ImportFileError(f"{path}: no such file")
         key = fingerprint(path)
@@ -114,64 +194,65 @@ class Importer:
         floors = {name: self.done_rows(self.tables[name], key) for name in ("events", "quarantine")}
         skip = min(floors.values())
         counts = {"rows": 0, "events": 0, "quarantined": 0, "skipped": skip}
-        builder = RowBuilder()
         received_ms = int(time.time() * 1000)
-        meta = {"src": self.source, "ep": RAW_TRACK, "ra": received_ms}
-        seg_meta = {"src": self.source, "ep": "batch", "ra": received_ms}
-        row_number = 0
-        for row_number, (obj, raw) in enumerate(read_rows(path), start=1):
-            if row_number <= skip:
-                continue
-            self._add(builder, obj, raw, meta, seg_meta, key, row_number, floors)
-            if builder.event_count + builder.quarantine_count >= CHUNK_ROWS:
-                self._commit(builder, key, row_number, counts)
+
+        def jobs() -> Iterator[BlockJob]:
+            first = 1
+            for kind, payload in read_blocks(path):
+                size = len(payload) if isinstance(payload, list) else payload.num_rows
+                if first + size - 1 > skip:
+                    yield BlockJob(kind, payload, first, floors, key, self.source, received_ms)
+                first += size
+            counts["rows"] = first - 1
+
+        pending: list[tuple[pa.Table, pa.Table]] = []
+        pending_rows = 0
+        rows_done = skip
+        for job, (events, quarantine) in self._normalised(jobs()):
+            pending.append((events, quarantine))
+            size = len(job.payload) if isinstance(job.payload, list) else job.payload.num_rows
+            pending_rows += events.num_rows + quarantine.num_rows
+            rows_done = job.first_row + size - 1
+            if pending_rows >= CHUNK_ROWS:
+                self._commit(pending, key, rows_done, counts)
                 if progress:
-                    progress(builder.event_count + builder.quarantine_count)
-                builder = RowBuilder()
-        pending = builder.event_count + builder.quarantine_count
+                    progress(pending_rows)
+                pending, pending_rows = [], 0
         if pending:
-            self._commit(builder, key, row_number, counts)
+            self._commit(pending, key, rows_done, counts)
             if progress:
-                progress(pending)
-        counts["rows"] = row_number
+                progress(pending_rows)
         return counts
 
-    def _add(
-        self, builder: RowBuilder, obj: Any, raw: bytes | None, meta: dict[str, Any],
-        seg_meta: dict[str, Any], key: str, row_number: int, floors: dict[str, int],
-    ) -> None:  # fmt: skip
-        log_id = f"import:{key}"
-        if obj is None:
-            if row_number <= floors["quarantine"]:
-                return
-            text = (raw or b"").decode("utf-8", "backslashreplace")
-            builder.add({"m": meta, "q": "invalid JSON", "raw": text}, log_id, 0, row_number)
+    def _normalised(self, jobs: Iterator[BlockJob]) -> Iterator[tuple[BlockJob, tuple[pa.Table, pa.Table]]]:
+        """Results in job order; up to 2 blocks per worker in flight (bounded memory)."""
+        first = next(jobs, None)
+        if first is None:
             return
-        if isinstance(obj, dict) and any(not isinstance(v, _JSON_TYPES) for v in obj.values()):
-            obj = orjson.loads(orjson.dumps(obj, default=_json_default))  # dates from Parquet/CSV
-        segment = isinstance(obj, dict) and obj.get("type") in SEGMENT_TYPES
-        try:
-            if segment:
-                check_segment(obj, None)
-            else:
-                check_raw_track(obj)
-        except InvalidEvent as exc:
-            if row_number <= floors["quarantine"]:
-                return
-            text = raw.decode("utf-8", "backslashreplace") if raw else orjson.dumps(obj, default=_json_default).decode()
-            builder.add({"m": meta, "q": str(exc), "raw": text}, log_id, 0, row_number)
+        second = next(jobs, None)
+        if second is None or self.workers <= 1:  # small file: no process start-up cost
+            for job in itertools.chain([first], [second] if second else [], jobs):
+                yield job, normalise_block(job)
             return
-        if row_number <= floors["events"]:
-            return
-        builder.add({"m": seg_meta if segment else meta, "e": obj}, log_id, 0, row_number)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+            window: collections.deque[tuple[BlockJob, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
+            for job in itertools.chain([first, second], jobs):
+                window.append((job, pool.submit(normalise_block, job)))
+                if len(window) >= 2 * self.workers:
+                    done_job, future = window.popleft()
+                    yield done_job, future.result()
+            while window:
+                done_job, future = window.popleft()
+                yield done_job, future.result()
 
-    def _commit(self, builder: RowBuilder, key: str, rows_done: int, counts: dict[str, int]) -> None:
-        events, quarantine = builder.tables()
+    def _commit(self, parts: list[tuple[pa.Table, pa.Table]], key: str, rows_done: int, counts: dict[str, int]) -> None:
+        events = pa.concat_tables([p[0] for p in parts])
+        quarantine = pa.concat_tables([p[1] for p in parts])
         props = {PROGRESS_PROPERTY + key: str(rows_done)}
         for name, table in (("events", events), ("quarantine", quarantine)):
-            if table.num_rows == 0:
-                continue
-            self._append(name, table, props)
+            if table.num_rows:
+                self._append(name, table, props)
         counts["events"] += events.num_rows
         counts["quarantined"] += quarantine.num_rows
 
