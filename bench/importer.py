@@ -13,8 +13,7 @@ import orjson
 from bench.common import emit
 from headwater.core.settings import Settings
 from headwater.lake.importer import Importer
-
-NAMES = "joe mary john suzy mark zoe shelly barry smelly sneezy doofy derpy sally dave harry mikey kimmy".split()
+from headwater.loadgen.generate import NAMES
 
 
 def write_file(path: Path, rows: int) -> None:
@@ -23,7 +22,8 @@ def write_file(path: Path, rows: int) -> None:
     with path.open("wb") as out:
         for _ in range(rows):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start + rng.randrange(365 * 86400)))
-            out.write(orjson.dumps({"event": "LOGIN", "userId": f"{rng.choice(NAMES)}{rng.randrange(10)}", "dateTime": when}))
+            user = f"{rng.choice(NAMES)}{rng.randrange(10)}"
+            out.write(orjson.dumps({"event": "LOGIN", "userId": user, "dateTime": when}))
             out.write(b"\n")
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import orjson
 
+from headwater.loadgen.generate import NAMES
 from bench.common import RunningHeadwater, child_env, emit, make_keys, need_wrk
 
-NAMES = [
     "joe",
     "mary",
     "john",
