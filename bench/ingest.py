@@ -18,26 +18,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from headwater.loadgen.generate import NAMES
 from bench.common import RunningHeadwater, child_env, emit, make_keys, need_wrk
-
-    "joe",
-    "mary",
-    "john",
-    "suzy",
-    "mark",
-    "zoe",
-    "shelly",
-    "barry",
-    "smelly",
-    "sneezy",
-    "doofy",
-    "derpy",
-    "sally",
-    "dave",
-    "harry",
-    "mikey",
-]
+from headwater.loadgen.generate import NAMES
 
 
 def body(events: int) -> bytes:
