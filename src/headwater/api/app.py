@@ -128,6 +128,7 @@ def build_app(settings: Settings) -> IngestApp:
             yield
         finally:
             watcher.cancel()
+            services.collector.flush_metrics()
             await run_in_threadpool(services.close)
 
     async def healthz(request: Request) -> Response:
@@ -143,6 +144,7 @@ def build_app(settings: Settings) -> IngestApp:
 
     async def metrics_endpoint(request: Request) -> Response:
         s = svc()
+        s.collector.flush_metrics()
         body = generate_latest(metrics_registry(s)) + generate_latest(gauges_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -197,9 +199,10 @@ async def _method_not_allowed(request: Request) -> Response:
 
 
 async def _watch(services: Services) -> None:
-    """Refresh back-pressure state twice a second."""
+    """Refresh back-pressure state and push the collector's metrics twice a second."""
     while True:
         try:
+            services.collector.flush_metrics()
             await run_in_threadpool(services.check_pressure)
         except Exception:
             log.exception("back-pressure check failed")

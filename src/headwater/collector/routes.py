@@ -9,6 +9,7 @@ CORS preflights) falls through to the Starlette app.
 from __future__ import annotations
 
 import base64
+import collections
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -23,6 +24,9 @@ from headwater.core.errors import AuthError, BackPressureError, CollectorError
 from headwater.core.events import RAW_TRACK, SEGMENT_TYPES
 from headwater.log.base import Producer
 
+_WANTED_HEADERS = {
+    name.encode(): name for name in ("x-api-key", "authorization", "content-length", "content-encoding", "origin")
+}
 INGEST_PATHS = {"/track": RAW_TRACK, "/v1/import": "batch", "/v1/batch": "batch"}
 INGEST_PATHS.update({f"/v1/{t}": t for t in SEGMENT_TYPES})
 
@@ -52,9 +56,34 @@ class Collector:
         self.keys = keys
         self.limits = limits
         self.overload: tuple[str, int] | None = None  # (reason, retry-after seconds)
-        self._request_counters: dict[tuple[str, int], Any] = {}
-        self._accepted = {e: metrics.EVENTS_ACCEPTED.labels(e) for e in ("track", "batch", *SEGMENT_TYPES)}
-        self._rejected = {e: metrics.EVENTS_REJECTED.labels(e) for e in ("track", "batch", *SEGMENT_TYPES)}
+        # Counted locally and pushed to Prometheus by flush_metrics() twice a second: in
+        # multi-process mode every metric update is an mmap write under a lock.
+        self._requests: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._accepted: collections.Counter[str] = collections.Counter()
+        self._rejected: collections.Counter[str] = collections.Counter()
+        self._duplicates = 0
+        self._bytes = 0
+        self._append_seconds: list[float] = []
+
+    def flush_metrics(self) -> None:
+        requests, self._requests = self._requests, collections.Counter()
+        accepted, self._accepted = self._accepted, collections.Counter()
+        rejected, self._rejected = self._rejected, collections.Counter()
+        timings, self._append_seconds = self._append_seconds, []
+        for (route, status), n in requests.items():
+            metrics.REQUESTS.labels(route, str(status)).inc(n)
+        for label, n in accepted.items():
+            metrics.EVENTS_ACCEPTED.labels(label).inc(n)
+        for label, n in rejected.items():
+            metrics.EVENTS_REJECTED.labels(label).inc(n)
+        if self._duplicates:
+            metrics.EVENTS_DUPLICATE.inc(self._duplicates)
+            self._duplicates = 0
+        if self._bytes:
+            metrics.REQUEST_BYTES.inc(self._bytes)
+            self._bytes = 0
+        for seconds in timings:
+            metrics.APPEND_SECONDS.observe(seconds)
 
     async def handle(
         self, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]], endpoint: str
@@ -70,18 +99,16 @@ class Collector:
             metrics.BACKPRESSURE.labels(str(exc).split(":")[0]).inc()
             status, payload = 503, {"success": False, "error": str(exc)}
             extra["retry-after"] = str(exc.retry_after)
-        counter = self._request_counters.get((route, status))
-        if counter is None:  # labels() costs microseconds per call: keep the children
-            counter = self._request_counters[(route, status)] = metrics.REQUESTS.labels(route, str(status))
-        counter.inc()
+        self._requests[(route, status)] += 1
         return status, payload, extra
 
     async def _handle(
         self, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]], endpoint: str
     ) -> tuple[int, dict[str, Any]]:
         key = request_key(headers)
+        source = None
         if key is not None:  # fail fast before reading a body we would refuse
-            self.keys.require(key, write=True)
+            source = self.keys.require(key, write=True).name
         if self.overload is not None:
             reason, retry = self.overload
             raise BackPressureError(reason, retry)
@@ -90,10 +117,9 @@ class Collector:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise CollectorError(f"body is {declared} bytes; the limit is {limit}: send smaller batches", 413)
         body = decompress(await read(limit), headers.get("content-encoding"), limit)
-        metrics.REQUEST_BYTES.inc(len(body))
-        if key is None and endpoint != RAW_TRACK:
-            key = peek_write_key(body)
-        source = self.keys.require(key, write=True).name
+        self._bytes += len(body)
+        if source is None:
+            source = self.keys.require(peek_write_key(body) if endpoint != RAW_TRACK else None, write=True).name
         parser = BatchParser(self.limits, source, int(time.time() * 1000))
         parsed = parser.parse_track(body) if endpoint == RAW_TRACK else parser.parse_segment(body, endpoint)
         return await self._append(parsed, "track" if endpoint == RAW_TRACK else endpoint)
@@ -105,14 +131,13 @@ class Collector:
         if records:
             started = time.perf_counter()
             result = await self.producer.append_async(records, idem)
-            metrics.APPEND_SECONDS.observe(time.perf_counter() - started)
+            self._append_seconds.append(time.perf_counter() - started)
             duplicates = len(result.duplicates)
         accepted = parsed.valid
-        self._accepted[label].inc(accepted - duplicates)
-        if duplicates:
-            metrics.EVENTS_DUPLICATE.inc(duplicates)
+        self._accepted[label] += accepted - duplicates
+        self._duplicates += duplicates
         if parsed.rejected:
-            self._rejected[label].inc(len(parsed.rejected))
+            self._rejected[label] += len(parsed.rejected)
         payload: dict[str, Any] = {"success": accepted > 0 or not parsed.rejected, "accepted": accepted}
         if duplicates:
             payload["duplicates"] = duplicates
@@ -143,7 +168,11 @@ class IngestApp:
         await self.fallback(scope, receive, send)
 
     async def _ingest(self, collector: Collector, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {}
+        for name, value in scope["headers"]:  # ASGI header names are lower-case already
+            wanted = _WANTED_HEADERS.get(name)
+            if wanted is not None:
+                headers[wanted] = value.decode("latin-1")
 
         async def read(limit: int) -> bytes:
             chunks: list[bytes] = []
