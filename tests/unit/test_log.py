@@ -119,3 +119,45 @@ def test_retention_only_deletes_what_every_group_consumed(tmp_path: Path) -> Non
 def test_partition_count_is_fixed_at_creation(tmp_path: Path) -> None:
     open_log(tmp_path, partitions=3)
     assert open_log(tmp_path, partitions=8).partitions == 3
+
+
+def test_size_retention_deletes_only_consumed_batches(tmp_path: Path) -> None:
+    log = open_log(tmp_path, partitions=1)
+    producer = log.producer(retention_s=3600, retention_bytes=200_000)
+    consumer = log.consumer("g")
+    for i in range(100):
+        producer.append([(b"k", bytes([i % 256]) * 10_000)]).result()
+    producer.enforce_retention()
+    fresh = log.consumer("fresh")
+    assert len(drain(fresh)) == 100  # nothing consumed: nothing deleted
+    fresh.commit()
+    consumer.commit({0: 80})
+    producer.enforce_retention()
+    remaining = [r.offset for r in drain(log.consumer("later"))]
+    assert remaining[-20:] == list(range(80, 100))  # every unconsumed record is still there
+    assert len(remaining) < 40  # consumed data beyond the size limit is gone though young
+    assert log.admin().size_bytes() < 600_000
+    producer.close()
+
+
+def test_idle_groups_stop_holding_back_retention(tmp_path: Path) -> None:
+    import headwater.log.sqlite as sqlite_log
+
+    log = open_log(tmp_path, partitions=1)
+    producer = log.producer(retention_s=0)
+    log.consumer("abandoned")  # registered, never commits
+    active = log.consumer("active")
+    producer.append([(b"k", b"v")]).result()
+    drain(active)
+    active.commit()
+    producer.enforce_retention()
+    assert len(drain(log.consumer("probe1"))) == 1  # the abandoned group still counts
+    saved, sqlite_log.GROUP_EXPIRY_MS = sqlite_log.GROUP_EXPIRY_MS, 200
+    try:
+        time.sleep(0.3)
+        active.commit()  # still active; "abandoned" and "probe1" are now idle
+        producer.enforce_retention()
+    finally:
+        sqlite_log.GROUP_EXPIRY_MS = saved
+    assert drain(log.consumer("probe2")) == []
+    producer.close()

@@ -65,6 +65,7 @@ class Services:
             group_commit_wait_ms=settings.group_commit_wait_ms,
             dedupe_window_s=settings.dedupe_window_hours * 3600,
             retention_s=settings.log_retention_hours * 3600,
+            retention_bytes=settings.log_retention_mb * 1024 * 1024,
         )
         self.admin = self.log.admin()
         self.keys = KeyStore(settings.keys_path)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         description="Partitions of the embedded event log (events are keyed by user id, else anonymous id).",
     )
     log_retention_hours: float = Field(24.0, ge=0, description="Consumed log batches older than this are deleted.")
+    log_retention_mb: int = Field(
+        1_024, ge=1, description="Consumed log batches beyond this size are deleted, oldest first, whatever their age."
+    )
     log_disk_budget_mb: int = Field(
         4_096,
         ge=1,
@@ -89,7 +92,7 @@ class Settings(BaseSettings):
     compact_min_files: int = Field(
         24, ge=2, description="A day partition with at least this many small files is compacted."
     )
-    compact_small_file_mb: int = Field(64, ge=1, description="Files under this size are candidates for compaction.")
+    compact_small_file_mb: int = Field(16, ge=1, description="Files under this size are candidates for compaction.")
     snapshot_retention_minutes: float = Field(
         30.0,
         ge=1,

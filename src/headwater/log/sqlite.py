@@ -27,6 +27,7 @@ from headwater.core.errors import LogError
 from headwater.log.base import AppendResult, Record
 
 log = logging.getLogger(__name__)
+GROUP_EXPIRY_MS = 7 * 86_400_000  # a group idle this long no longer holds back retention
 _HEADER = struct.Struct("<iI")  # key length (-1 = no key), value length
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,7 +114,7 @@ class SqliteLog:
         finally:
             oconn.close()
 
-    def producer(self, **kwargs: float) -> SqliteProducer:
+    def producer(self, **kwargs: Any) -> SqliteProducer:
         return SqliteProducer(self, **kwargs)
 
     def consumer(self, group: str) -> SqliteConsumer:
@@ -136,14 +137,23 @@ class SqliteAdmin:
         with self._lock:
             return dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
 
-    def group_offsets(self) -> dict[str, dict[int, int]]:
+    def group_offsets(self, active_within_ms: int | None = None) -> dict[str, dict[int, int]]:
+        """Committed offsets per group; with `active_within_ms`, only groups that registered or
+        committed within that time (like Kafka's offsets.retention.minutes)."""
         out: dict[str, dict[int, int]] = {}
+        since = int(time.time() * 1000) - active_within_ms if active_within_ms is not None else 0
         with self._lock:
-            for (group,) in self._oconn.execute("SELECT group_id FROM groups").fetchall():
+            active = self._oconn.execute(
+                "SELECT g.group_id FROM groups g LEFT JOIN offsets o ON o.group_id = g.group_id "
+                "GROUP BY g.group_id HAVING max(coalesce(o.updated_ms, 0), g.registered_ms) >= ?",
+                (since,),
+            ).fetchall()
+            for (group,) in active:
                 out[group] = {}
             rows = self._oconn.execute("SELECT group_id, partition, next_offset FROM offsets").fetchall()
         for group, partition, offset in rows:
-            out.setdefault(group, {})[partition] = offset
+            if group in out:
+                out[group][partition] = offset
         return out
 
     def lag(self, group: str) -> int:
@@ -177,12 +187,14 @@ class SqliteProducer:
         dedupe_window_s: float = 86_400.0,
         retention_s: float = 86_400.0,
         retention_check_s: float = 10.0,
+        retention_bytes: int | None = None,
     ) -> None:
         self.partitions = log_.partitions
         self._log = log_
         self._wait = group_commit_wait_ms / 1000
         self._dedupe_ms = int(dedupe_window_s * 1000)
         self._retention_ms = int(retention_s * 1000)
+        self._retention_bytes = retention_bytes
         self._retention_check = retention_check_s
         self._round_robin = itertools.cycle(range(self.partitions))
         self._lock_file: IO[str] = open(log_.path.with_suffix(".lock"), "w")  # noqa: SIM115
@@ -358,23 +370,39 @@ class SqliteProducer:
     def _enforce_retention(self) -> int:
         admin = self._log.admin()
         try:
-            groups = admin.group_offsets()
+            groups = admin.group_offsets(active_within_ms=GROUP_EXPIRY_MS)
         finally:
             admin.close()
         now = int(time.time() * 1000)
-        deleted = 0
         conn = self._conn
-        for partition in range(self.partitions):
-            floor = min((g.get(partition, 0) for g in groups.values()), default=0)
-            cur = conn.execute(
+        ends = self._next  # no active group at all: everything counts as consumed
+        floors = {p: min((g.get(p, 0) for g in groups.values()), default=ends[p]) for p in range(self.partitions)}
+        deleted = 0
+        for partition, floor in floors.items():  # by age
+            deleted += conn.execute(
                 "DELETE FROM batches WHERE partition = ? AND base_offset + count <= ? AND append_ms < ?",
                 (partition, floor, now - self._retention_ms),
-            )
-            deleted += cur.rowcount
+            ).rowcount
+        while self._retention_bytes is not None and self._live_bytes() > self._retention_bytes:  # by size
+            removed = 0
+            for partition, floor in floors.items():  # oldest consumed batches first
+                removed += conn.execute(
+                    "DELETE FROM batches WHERE partition = ? AND base_offset IN (SELECT base_offset FROM batches "
+                    "WHERE partition = ? AND base_offset + count <= ? ORDER BY base_offset LIMIT 256)",
+                    (partition, partition, floor),
+                ).rowcount
+            deleted += removed
+            if removed == 0:
+                break  # what is left has not been consumed by every group: never deleted
         if self._dedupe_ms > 0:
             conn.execute("DELETE FROM dedupe WHERE seen_ms < ?", (now - self._dedupe_ms,))
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return deleted
+
+    def _live_bytes(self) -> int:
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * self._conn.execute("PRAGMA page_size").fetchone()[0])
 
 
 class SqliteConsumer:
