@@ -33,7 +33,7 @@ SORT_COLUMN = {"events": "timestamp", "quarantine": "received_at"}
 class Maintenance:
     def __init__(self, settings: Settings, tables: dict[str, Table]) -> None:
         self.settings = settings
-        self.tables = dict(tables)
+        self.tables = tables  # shared with the writer: pyiceberg refreshes a Table in place on commit
         self._last_sweep = 0.0
         self.sweep_interval_s = 600.0
 

@@ -47,7 +47,7 @@ class LakeWriter:
 
     def recover(self) -> None:
         """Reload table offsets and seek the consumer back to the committed group offsets."""
-        for name in self.tables:
+        for name in self.tables:  # in place: Maintenance shares this dict
             self.tables[name] = self.catalog.load_table(f"headwater.{name}")
             self.table_offsets[name] = snapshot_offsets(self.tables[name])
         committed = self.consumer.committed()
@@ -137,6 +137,6 @@ class LakeWriter:
         try:
             self.maintenance.run(self.table_offsets)
         except Exception:
-            log.exception("table maintenance failed; will retry")
-        for name in self.tables:  # maintenance commits new snapshots
-            self.tables[name] = self.maintenance.tables[name]
+            log.exception("table maintenance failed; reloading the tables, will retry")
+            for name in self.tables:
+                self.tables[name] = self.catalog.load_table(f"headwater.{name}")
