@@ -84,14 +84,17 @@ class RunningHeadwater:
         return self.proc.returncode
 
     def kill_all(self) -> None:
-        """kill -9 the supervisor and its children (a machine-level crash of every process)."""
+        """kill -9 the supervisor and every descendant at once (a machine-level crash)."""
         assert self.proc is not None
-        children = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        for pid in [self.proc.pid, *map(int, children)]:
+        tree, frontier = [self.proc.pid], [self.proc.pid]
+        while frontier:
+            out = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True, text=True, check=False)
+            children = [int(pid) for pid in out.stdout.split()]
+            tree += children
+            frontier += children
+        for pid in tree:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait()
 
     def post(self, path: str, body: bytes | str, key: str | None = None, **kwargs: Any) -> httpx.Response:

@@ -92,11 +92,12 @@ def test_kill_9_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
                 continue
-            if round_ == 2:  # only the server dies mid-request; the supervisor restarts it
+            if round_ == 2:  # only the server processes die mid-request; the supervisor restarts them
                 pid = child_running(running.proc.pid, "server")
                 assert pid is not None
                 port_file.unlink(missing_ok=True)
-                os.kill(pid, signal.SIGKILL)
+                for victim in [pid, *pids_of(pid)]:  # the server and its forked workers
+                    os.kill(victim, signal.SIGKILL)
                 continue
             running.kill_all()  # every process at once
             port_file.unlink(missing_ok=True)

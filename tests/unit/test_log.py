@@ -3,9 +3,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
-from headwater.core.errors import LogError
 from headwater.log.sqlite import SqliteLog, decode_batch, encode_batch
 
 
@@ -86,13 +83,31 @@ def test_dedupe_window_expires(tmp_path: Path) -> None:
     producer.close()
 
 
-def test_single_appender_lock(tmp_path: Path) -> None:
-    log = open_log(tmp_path)
-    producer = log.producer()
-    with pytest.raises(LogError, match="already appending"):
-        log.producer()
-    producer.close()
-    log.producer().close()
+def test_two_producers_share_dense_offsets_and_dedupe(tmp_path: Path) -> None:
+    import threading
+
+    first, second = open_log(tmp_path, 2), open_log(tmp_path, 2)  # as two collector processes would
+    producers = [first.producer(), second.producer()]
+
+    def send(index: int) -> None:
+        producer = producers[index % 2]
+        for batch in range(20):
+            records = [(f"u{i}".encode(), f"{index}-{batch}-{i}".encode()) for i in range(10)]
+            ids = [("s", f"{batch}-{i}") for i in range(10)]  # every thread sends the same ids
+            producer.append(records, ids).result()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = drain(first.consumer("g"))
+    assert len(records) == 200  # each messageId stored once across both producers
+    for partition in (0, 1):
+        offsets = [r.offset for r in records if r.partition == partition]
+        assert offsets == list(range(len(offsets)))
+    for producer in producers:
+        producer.close()
 
 
 def test_retention_only_deletes_what_every_group_consumed(tmp_path: Path) -> None:

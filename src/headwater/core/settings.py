@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".headwater"), description="Directory for the log, keys, catalog and warehouse.")
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP server (0 picks a free one).")
+    server_workers: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="HTTP server processes sharing the port (0 = one per core; on 2 cores 1 is fastest).",
+    )
     cors_origins: str = Field(
         "*", description="Comma-separated origins allowed by CORS on the collector ('*' for any)."
     )

@@ -10,7 +10,6 @@ records [base_offset, base_offset + count).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import logging
 import queue
@@ -21,7 +20,7 @@ import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from headwater.core.errors import LogError
 from headwater.log.base import AppendResult, Record
@@ -178,7 +177,11 @@ _Item = tuple[list[tuple[bytes | None, bytes]], list[tuple[str, str] | None] | N
 
 
 class SqliteProducer:
-    """The single appender: one thread, group commit (one fsync for many concurrent requests)."""
+    """Appends with group commit (one fsync for many concurrent requests).
+
+    Several processes may each hold a producer on the same log: offsets are read and advanced
+    inside each write transaction, and SQLite serialises the transactions.
+    """
 
     def __init__(
         self,
@@ -197,14 +200,7 @@ class SqliteProducer:
         self._retention_bytes = retention_bytes
         self._retention_check = retention_check_s
         self._round_robin = itertools.cycle(range(self.partitions))
-        self._lock_file: IO[str] = open(log_.path.with_suffix(".lock"), "w")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise LogError(f"another process is already appending to {log_.path}; stop it first") from None
         self._conn = _connect(log_.path, writer=True)
-        self._next = dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
         self._write_lock = threading.RLock()
@@ -273,7 +269,6 @@ class SqliteProducer:
             self._thread.join()
             self._executor.shutdown(wait=True)
             self._conn.close()
-            self._lock_file.close()
 
     def _write_locked(self, items: list[Any]) -> list[AppendResult]:
         with self._write_lock:
@@ -343,7 +338,8 @@ class SqliteProducer:
                     by_partition.setdefault(self.partition_for(record[0]), []).append(record)
                 result.written = len(records) - len(skip)
                 results.append(result)
-            new_next = dict(self._next)
+            # read inside the write transaction: several processes may append (SQLite serialises them)
+            new_next = dict(conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
             for partition, batch in by_partition.items():
                 base = new_next[partition]
                 conn.execute(
@@ -359,7 +355,6 @@ class SqliteProducer:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self._next = new_next
         return results
 
     def enforce_retention(self) -> int:
@@ -368,14 +363,15 @@ class SqliteProducer:
             return self._enforce_retention()
 
     def _enforce_retention(self) -> int:
+        conn = self._conn
         admin = self._log.admin()
         try:
             groups = admin.group_offsets(active_within_ms=GROUP_EXPIRY_MS)
         finally:
             admin.close()
         now = int(time.time() * 1000)
-        conn = self._conn
-        ends = self._next  # no active group at all: everything counts as consumed
+        # no active group at all: everything counts as consumed
+        ends = dict(conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
         floors = {p: min((g.get(p, 0) for g in groups.values()), default=ends[p]) for p in range(self.partitions)}
         deleted = 0
         for partition, floor in floors.items():  # by age

@@ -2,29 +2,79 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
 import uvicorn
 
+from headwater.core.errors import ConfigError
 from headwater.core.settings import Settings
 from headwater.log.sqlite import SqliteLog
+from headwater.runtime.lifecycle import die_with_parent
 from headwater.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings, port_file: Path | None = None) -> None:
-    """Run the HTTP server (collector, query API, health, metrics) until SIGTERM/SIGINT."""
+    """Run the HTTP server (collector, query API, health, metrics) until SIGTERM/SIGINT.
+
+    The listening socket is bound here and shared by `server_workers` forked processes, each a
+    uvicorn server with its own event loop: the collector is CPU-bound Python, so one process
+    would use one core. They all append to the same log (SQLite serialises their commits).
+    """
+    setup_logging(settings.log_level, settings.json_logs, "server")
+    if os.environ.get("HEADWATER_SUPERVISED") == "1":
+        die_with_parent()
+    sock = _bind(settings.host, settings.port)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(sock.getsockname()[1]))
+        tmp.replace(port_file)
+    workers = settings.server_workers or os.cpu_count() or 1
+    if workers == 1:
+        _serve_on(settings, sock)
+        return
+    children: list[int] = []
+    for _ in range(workers):  # fork before any thread or event loop exists in this process
+        pid = os.fork()
+        if pid == 0:
+            die_with_parent()
+            code = 0
+            try:
+                _serve_on(settings, sock)
+            except BaseException:
+                log.exception("server worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    _supervise_workers(children)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve_on(settings: Settings, sock: socket.socket) -> None:
     from headwater.api.app import build_app
 
-    setup_logging(settings.log_level, settings.json_logs, "server")
     config = uvicorn.Config(
         build_app(settings),
-        host=settings.host,
-        port=settings.port,
         loop="uvloop",
         http="httptools",
         log_level="warning",
@@ -32,27 +82,36 @@ def serve(settings: Settings, port_file: Path | None = None) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
-    if port_file is not None:
-        _announce_port(server, port_file)
-    server.run()
+    uvicorn.Server(config).run(sockets=[sock])
 
 
-def _announce_port(server: uvicorn.Server, port_file: Path) -> None:
-    """Write the bound port to `port_file` once the server listens (for port 0)."""
+def _supervise_workers(children: list[int]) -> None:
+    """Forward SIGTERM/SIGINT to the workers; if one dies unexpectedly, stop all (up restarts us)."""
+    stopping = False
 
-    def wait() -> None:
-        while not server.started:
-            if server.should_exit:
-                return
-            threading.Event().wait(0.02)
-        sockets = [s for srv in server.servers for s in srv.sockets]
-        port = sockets[0].getsockname()[1]
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(port_file)
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
-    threading.Thread(target=wait, daemon=True).start()
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = False
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        remaining.discard(pid)
+        if not stopping:
+            failed = True
+            log.error("server worker %d exited (status %d); stopping the others", pid, status)
+            forward(signal.SIGTERM, None)
+    if failed:
+        raise SystemExit(1)
 
 
 def run_writer(settings: Settings) -> None:
@@ -60,6 +119,8 @@ def run_writer(settings: Settings) -> None:
     from headwater.lake.writer import GROUP, LakeWriter
 
     setup_logging(settings.log_level, settings.json_logs, "writer")
+    if os.environ.get("HEADWATER_SUPERVISED") == "1":
+        die_with_parent()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -31,6 +31,7 @@ class Supervisor:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir.resolve())
+        env["HEADWATER_SUPERVISED"] = "1"  # children end when `up` ends, even by kill -9
         env["HEADWATER_DATA_DIR"] = str(self.settings.data_dir.resolve())
         env["HEADWATER_HOST"] = self.settings.host
         env["HEADWATER_PORT"] = str(self.settings.port)
