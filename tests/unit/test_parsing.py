@@ -82,7 +82,7 @@ def test_segment_batch_items_and_context() -> None:
         }
     )
     out = parser().parse_segment(body, "batch")
-    assert out.valid == 2 and out.write_key == "k"
+    assert out.valid == 2
     assert [r["index"] for r in out.rejected] == [2, 3]
     meta = values(out.records)[0]["m"]
     assert meta["sa"] == "2026-01-01T00:00:00Z" and meta["ctx"] == {"library": {"name": "x"}}

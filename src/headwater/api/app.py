@@ -92,7 +92,7 @@ class Services:
         self.keys.close()
 
 
-def metrics_registry(services: Services) -> CollectorRegistry:
+def metrics_registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
@@ -146,7 +146,7 @@ def build_app(settings: Settings) -> IngestApp:
     async def metrics_endpoint(request: Request) -> Response:
         s = svc()
         s.collector.flush_metrics()
-        body = generate_latest(metrics_registry(s)) + generate_latest(gauges_registry)
+        body = generate_latest(metrics_registry()) + generate_latest(gauges_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def query(request: Request) -> Response:

@@ -32,7 +32,6 @@ class ParsedBatch:
     idempotency: list[tuple[str, str] | None] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    write_key: str | None = None
 
     @property
     def valid(self) -> int:
@@ -175,8 +174,6 @@ class BatchParser:
             raise CollectorError(f"body is not valid JSON: {exc}", 400) from None
         if not isinstance(doc, dict):
             raise CollectorError("body: expected a JSON object", 400)
-        write_key = doc.get("writeKey")
-        self.out.write_key = write_key if isinstance(write_key, str) else None
         if endpoint == "batch":
             batch = doc.get("batch")
             if not isinstance(batch, list):

@@ -62,7 +62,6 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("log_offset", pa.int64(), nullable=False),
     ]
 )
-JSON_COLUMNS = ("properties", "context", "traits")
 
 
 class InvalidEvent(ValueError):

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -172,7 +171,3 @@ class QueryEngine:
 
 def _clean(exc: Exception) -> str:
     return str(exc).strip().replace("\n", " ")
-
-
-def warehouse_dir(settings: Settings) -> Path:
-    return settings.warehouse_path.resolve()

@@ -20,7 +20,7 @@ from headwater.core.settings import Settings
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, config: Path | None, on_ready: list[object] | None = None) -> None:
+    def __init__(self, settings: Settings, config: Path | None) -> None:
         self.settings = settings
         self.config = config
         self.stopping = threading.Event()
