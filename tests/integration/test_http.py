@@ -194,3 +194,26 @@ def test_event_visible_within_seconds(headwater: RunningHeadwater) -> None:
     assert headwater.post("/track", f'{{"event":"F","userId":"{user}"}}', headwater.keys["write"]).status_code == 200
     headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}'", [[1]], timeout=10)
     assert time.monotonic() - started < 10  # generous: the benchmark measures the real p95
+
+
+def test_insights_api(headwater: RunningHeadwater) -> None:
+    user = unique("funnel")
+    body = "\n".join(
+        f'{{"event":"{e}","userId":"{user}","timestamp":"2026-02-01T10:0{i}:00Z"}}' for i, e in enumerate("ABC")
+    )
+    assert headwater.post("/track", body, headwater.keys["write"]).json()["accepted"] == 3
+    headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}'", [[3]])
+    spec = {
+        "kind": "funnel",
+        "steps": [{"event": "A"}, {"event": "B"}, {"event": "C", "filters": [{"property": "user_id", "value": user}]}],
+        "date_from": "2026-02-01T00:00:00Z",
+        "date_to": "2026-02-02T00:00:00Z",
+    }
+    url = headwater.url + "/api/insights"
+    bearer = {"Authorization": f"Bearer {headwater.keys['read']}"}
+    answer = httpx.post(url, json=spec, headers=bearer).json()
+    assert [s["count"] for s in answer["result"][0]["steps"]][-1] >= 1
+    assert answer["sql"].startswith("WITH")
+    bad = httpx.post(url, json={"kind": "funnel", "steps": []}, headers=bearer)
+    assert bad.status_code == 400 and "steps" in bad.json()["error"]
+    assert httpx.post(url, json=spec).status_code == 401

@@ -29,6 +29,7 @@ from headwater.collector.parsing import Limits
 from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp, request_key
 from headwater.core.errors import AuthError, QueryError
 from headwater.core.settings import Settings
+from headwater.insights.engine import InsightEngine
 from headwater.lake.writer import GROUP as LAKE_GROUP
 from headwater.log.sqlite import SqliteAdmin, SqliteLog
 from headwater.query.engine import QueryEngine
@@ -72,6 +73,7 @@ class Services:
         limits = Limits(settings.max_request_bytes, settings.max_event_bytes, settings.max_batch_events)
         self.collector = Collector(self.producer, self.keys, limits)
         self.query = QueryEngine(settings)
+        self.insights = InsightEngine(self.query)
         self.started = time.time()
 
     def check_pressure(self) -> None:
@@ -174,6 +176,24 @@ def build_app(settings: Settings) -> IngestApp:
             media_type="application/json",
         )
 
+    async def insight(request: Request) -> Response:
+        s = svc()
+        try:
+            s.keys.require(request_key(request.headers), read=True)
+        except AuthError as exc:
+            return error_response(str(exc), exc.status)
+        try:
+            spec = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return error_response(f"body is not valid JSON: {exc}", 400)
+        if not isinstance(spec, dict):
+            return error_response('body: send an insight object, e.g. {"kind": "trend", ...}', 400)
+        try:
+            answer = await run_in_threadpool(s.insights.run, spec)
+        except QueryError as exc:
+            return error_response(str(exc), exc.status)
+        return Response(orjson.dumps(answer, default=str), media_type="application/json")
+
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     middleware = [
         Middleware(
@@ -188,6 +208,7 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/api/query", query, methods=["POST"]),
+        Route("/api/insights", insight, methods=["POST"]),
     ]
     ingest_routes = [Route(path, _method_not_allowed, methods=["GET"]) for path in INGEST_PATHS]
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)

@@ -194,6 +194,34 @@ def query(
 
 
 @app.command()
+def insight(
+    spec: Annotated[str, typer.Argument(help='Insight as JSON, or @FILE: {"kind": "funnel", "steps": [...], ...}.')],
+    sql_only: Annotated[bool, typer.Option("--sql", help="Print only the SQL the insight compiles to.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run a trend, funnel, retention, journey, timeline or catalog insight; prints JSON with its SQL."""
+    from headwater.insights.engine import InsightEngine, compile_query, parse
+    from headwater.query.engine import QueryEngine
+
+    try:
+        text = Path(spec[1:]).read_text() if spec.startswith("@") else spec
+        document = orjson.loads(text)
+    except (OSError, orjson.JSONDecodeError) as exc:
+        fail(f"spec: {exc}")
+    if not isinstance(document, dict):
+        fail('spec: expected a JSON object such as {"kind": "catalog"}')
+    try:
+        if sql_only:
+            sys.stdout.write(compile_query(parse(document)) + "\n")
+            return
+        answer = InsightEngine(QueryEngine(settings_from(config, data_dir=data_dir))).run(document)
+    except HeadwaterError as exc:
+        fail(str(exc))
+    sys.stdout.write(orjson.dumps(answer, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@app.command()
 def generate(
     url: Annotated[str, typer.Option(help="Base URL of the collector.")] = "http://127.0.0.1:8080",
     key: Annotated[str, typer.Option(help="Write key.", envvar="HEADWATER_KEY")] = "",

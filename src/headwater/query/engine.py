@@ -92,6 +92,12 @@ class QueryEngine:
                 self._db.execute(self._view_sql(name, table))
                 self._views[name] = table.metadata_location
 
+    def data_version(self) -> tuple[str, ...]:
+        """The table versions queries currently see (refreshed first): a cache key for results."""
+        self.refresh()
+        with self._lock:
+            return tuple(self._views.get(name, "") for name in SPECS)
+
     def _view_sql(self, name: str, table: Table) -> str:
         schema = SPECS[name][0]
         json_columns = JSON_COLUMNS.get(name, ())

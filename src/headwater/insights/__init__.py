@@ -1,0 +1,1 @@
+"""Product-analytics insights (trends, funnels, retention, journeys, timeline, catalog) compiled to SQL."""

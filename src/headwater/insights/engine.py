@@ -1,0 +1,227 @@
+"""Run insights: compile to SQL, execute in the query sandbox, shape the rows, cache by data version."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from headwater.core.errors import QueryError
+from headwater.insights import sql as compile_sql
+from headwater.insights.spec import (
+    INSIGHT,
+    CatalogQuery,
+    FunnelQuery,
+    JourneyQuery,
+    RetentionQuery,
+    TimelineQuery,
+    TrendQuery,
+)
+from headwater.query.engine import QueryEngine
+
+MAX_ROWS = 200_000
+
+
+class InsightError(QueryError):
+    """An insight specification is invalid."""
+
+
+def parse(spec: dict[str, Any]) -> Any:
+    """Validate a JSON specification; errors name the field."""
+    try:
+        return INSIGHT.validate_python(spec)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'query'}: {err['msg']}" for err in exc.errors())
+        raise InsightError(problems) from None
+
+
+def compile_query(query: Any) -> str:
+    if isinstance(query, TrendQuery):
+        return compile_sql.trend_sql(query)
+    if isinstance(query, FunnelQuery):
+        return compile_sql.funnel_sql(query)
+    if isinstance(query, RetentionQuery):
+        return compile_sql.retention_sql(query)
+    if isinstance(query, JourneyQuery):
+        return compile_sql.journey_sql(query)
+    if isinstance(query, TimelineQuery):
+        return compile_sql.timeline_sql(query)
+    if isinstance(query, CatalogQuery):
+        return compile_sql.catalog_sql(query)
+    raise InsightError(f"unknown insight {type(query).__name__}")
+
+
+class InsightEngine:
+    """Insights over a QueryEngine; results are cached per (SQL, table versions)."""
+
+    def __init__(self, query_engine: QueryEngine, cache_entries: int = 256) -> None:
+        self.query = query_engine
+        self._cache: OrderedDict[tuple[str, tuple[str, ...]], dict[str, Any]] = OrderedDict()
+        self._size = cache_entries
+        self._lock = threading.Lock()
+
+    def run(self, spec: dict[str, Any] | Any) -> dict[str, Any]:
+        query = parse(spec) if isinstance(spec, dict) else spec
+        sql = compile_query(query)
+        version = self.query.data_version()
+        key = (sql, version)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return {**cached, "cached": True}
+        started = time.perf_counter()
+        result = self.query.execute(sql, max_rows=MAX_ROWS)
+        shaped = shape(query, result.columns, result.rows)
+        answer = {
+            "kind": query.kind,
+            "sql": sql,
+            "result": shaped,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
+            "truncated": result.truncated,
+            "cached": False,
+        }
+        with self._lock:
+            self._cache[key] = answer
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return answer
+
+
+def buckets(start: datetime, end: datetime, interval: str) -> list[datetime]:
+    """Bucket starts as DuckDB's date_trunc gives them (weeks start on Monday)."""
+    start = start.replace(tzinfo=None, microsecond=0, second=0, minute=0)
+    end = end.replace(tzinfo=None)
+    if interval != "hour":
+        start = start.replace(hour=0)
+    if interval == "week":
+        start -= timedelta(days=start.weekday())
+    if interval == "month":
+        start = start.replace(day=1)
+    out = []
+    current = start
+    while current < end:
+        out.append(current)
+        if interval == "hour":
+            current += timedelta(hours=1)
+        elif interval == "day":
+            current += timedelta(days=1)
+        elif interval == "week":
+            current += timedelta(weeks=1)
+        else:
+            current = current.replace(year=current.year + (current.month == 12), month=current.month % 12 + 1)
+    return out
+
+
+def shape(query: Any, columns: list[str], rows: list[list[Any]]) -> Any:
+    records = [dict(zip(columns, row, strict=True)) for row in rows]
+    if isinstance(query, TrendQuery):
+        return _shape_trend(query, records)
+    if isinstance(query, FunnelQuery):
+        return _shape_funnel(query, records)
+    if isinstance(query, RetentionQuery):
+        return _shape_retention(query, records)
+    if isinstance(query, JourneyQuery):
+        return {
+            "edges": [
+                {"step": r["step"], "source": r["source"], "target": r["target"], "users": r["users"]}
+                for r in records
+                if r["kind"] == "edge"
+            ],
+            "paths": [{"path": r["path"], "users": r["users"]} for r in records if r["kind"] == "path"],
+        }
+    if isinstance(query, CatalogQuery):
+        events = [r for r in records if r["kind"] == "event"]
+        properties = [r for r in records if r["kind"] == "property"]
+        return {
+            "events": [{k: r[k] for k in ("event", "events", "users", "first_seen", "last_seen")} for r in events],
+            "properties": [
+                {"event": r["event"], "property": r["property"], "type": r["type"], "events": r["events"],
+                 "first_seen": r["first_seen"], "last_seen": r["last_seen"]}
+                for r in properties
+            ],
+        }  # fmt: skip
+    return {"columns": columns, "rows": rows}
+
+
+def _shape_trend(query: TrendQuery, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    grid = buckets(query.date_from, query.date_to, query.interval)
+    lines: dict[tuple[int, str, Any], dict[datetime, float]] = {}
+    for r in records:
+        lines.setdefault((r["series"], r["period"], r["breakdown"]), {})[r["bucket"]] = r["value"]
+    out = []
+
+    def order(item: tuple[tuple[int, str, Any], Any]) -> tuple[int, str, str]:
+        return item[0][0], item[0][1], str(item[0][2])
+
+    for (series, period, breakdown), values in sorted(lines.items(), key=order):
+        spec = query.series[series]
+        additive = spec.measure in ("count", "users")
+        points: list[tuple[str, float | None]] = [
+            (b.isoformat(), values.get(b, 0.0 if additive else None)) for b in grid
+        ]
+        total = sum(v for _, v in points if v is not None) if additive else None
+        filled = [list(point) for point in points]
+        out.append({"series": series, "event": spec.event, "measure": spec.measure, "period": period,
+                    "breakdown": breakdown, "points": filled, "total": total})  # fmt: skip
+    return out
+
+
+def _shape_funnel(query: FunnelQuery, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in records:
+        steps = []
+        first = r["step0"]
+        for i, step in enumerate(query.steps):
+            count = r[f"step{i}"]
+            previous = r[f"step{i - 1}"] if i else count
+            steps.append(
+                {
+                    "step": i,
+                    "event": step.event,
+                    "count": count,
+                    "conversion": count / first if first else 0.0,
+                    "conversion_from_previous": count / previous if previous else 0.0,
+                    "drop_off": previous - count,
+                    "median_seconds": r.get(f"median_s{i}") if i else None,
+                    "avg_seconds": r.get(f"avg_s{i}") if i else None,
+                }
+            )
+        out.append({"breakdown": r["breakdown"], "steps": steps})
+    return out
+
+
+def _shape_retention(query: RetentionQuery, records: list[dict[str, Any]]) -> dict[str, Any]:
+    cohorts: dict[datetime, dict[str, Any]] = {}
+    for r in records:
+        cohort = cohorts.setdefault(
+            r["cohort"],
+            {"cohort": r["cohort"].isoformat(), "size": r["size"], "values": [r["size"]] + [0] * query.periods},
+        )
+        if r["period"] is not None:
+            cohort["values"][r["period"]] = r["returned"]
+    table = list(cohorts.values())
+    for cohort in table:
+        cohort["rates"] = [v / cohort["size"] for v in cohort["values"]]
+    curve = []
+    for n in range(query.periods + 1):
+        eligible = [
+            c for c in table if _period_start(c["cohort"], n, query.period) < query.date_to.replace(tzinfo=None)
+        ]
+        size = sum(c["size"] for c in eligible)
+        curve.append({"period": n, "rate": sum(c["values"][n] for c in eligible) / size if size else None})
+    return {"cohorts": table, "curve": curve}
+
+
+def _period_start(cohort_iso: str, n: int, period: str) -> datetime:
+    start = datetime.fromisoformat(cohort_iso)
+    if period == "day":
+        return start + timedelta(days=n)
+    if period == "week":
+        return start + timedelta(weeks=n)
+    month = start.month - 1 + n
+    return start.replace(year=start.year + month // 12, month=month % 12 + 1)

@@ -1,0 +1,253 @@
+"""Compile insight specifications to one DuckDB SQL query each (shown to the user as is).
+
+Names are validated by the spec (a strict pattern) and values are rendered as SQL literals,
+so the text is safe to run; it also runs inside the query sandbox like any user SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from headwater.insights.spec import (
+    COLUMNS,
+    CatalogQuery,
+    Filter,
+    FunnelQuery,
+    JourneyQuery,
+    RetentionQuery,
+    TimelineQuery,
+    TrendQuery,
+)
+
+PERSON = "coalesce(user_id, anonymous_id)"
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+def lit(value: object) -> str:
+    """A SQL literal for a string, number, boolean or None."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def ts(value: datetime) -> str:
+    """A TIMESTAMP literal in UTC (lake timestamps are naive UTC)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
+
+
+def prop(name: str) -> str:
+    """A column, or a JSON property: `plan` / `properties.plan` / `context.ip` / `traits.email`."""
+    if name in COLUMNS:
+        return name
+    root, _, key = name.partition(".")
+    if root not in ("properties", "context", "traits") or not key:
+        root, key = "properties", name
+    return f"json_extract_string({root}, {lit('$.' + chr(34) + key + chr(34))})"
+
+
+def filter_sql(item: Filter) -> str:
+    expr = prop(item.property)
+    if item.op == "is_set":
+        return f"{expr} IS NOT NULL"
+    if item.op == "is_not_set":
+        return f"{expr} IS NULL"
+    if item.op == "contains":
+        return f"contains({expr}, {lit(str(item.value))})"
+    if item.op in ("gt", "gte", "lt", "lte"):
+        symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[item.op]
+        return f"TRY_CAST({expr} AS DOUBLE) {symbol} {lit(item.value)}"
+    value = item.value
+    text = lit(str(value).lower() if isinstance(value, bool) else str(value))
+    return f"{expr} {'=' if item.op == 'eq' else 'IS DISTINCT FROM'} {text}"
+
+
+def where(*conditions: str) -> str:
+    kept = [c for c in conditions if c]
+    return " AND ".join(f"({c})" for c in kept) if kept else "TRUE"
+
+
+def filters_sql(filters: list[Filter]) -> str:
+    return where(*(filter_sql(f) for f in filters))
+
+
+def trend_sql(q: TrendQuery) -> str:
+    span = int((q.date_to - q.date_from).total_seconds())
+    periods = [("current", 0), ("previous", span)] if q.compare else [("current", 0)]
+    parts = []
+    for index, series in enumerate(q.series):
+        value = f"TRY_CAST({prop(series.property)} AS DOUBLE)" if series.property else "NULL"
+        breakdown = f"coalesce(CAST({prop(q.breakdown)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
+        for period, shift in periods:
+            cond = where(
+                f"event = {lit(series.event)}",
+                f"timestamp >= {ts(q.date_from)} - INTERVAL {shift} SECOND",
+                f"timestamp < {ts(q.date_to)} - INTERVAL {shift} SECOND",
+                filters_sql(series.filters),
+                filters_sql(q.filters),
+            )
+            parts.append(
+                f"SELECT {index} AS series, '{period}' AS period, "
+                f"date_trunc('{q.interval}', timestamp + INTERVAL {shift} SECOND) AS bucket, "
+                f"{breakdown} AS breakdown, {PERSON} AS person, {value} AS v FROM events WHERE {cond}"
+            )
+    measures = []
+    for index, series in enumerate(q.series):
+        if series.measure == "count":
+            agg = "count(*)"
+        elif series.measure == "users":
+            agg = "count(DISTINCT person)"
+        elif series.measure in QUANTILES:
+            agg = f"quantile_cont(v, {QUANTILES[series.measure]})"
+        else:
+            agg = f"{series.measure}(v)"
+        measures.append(f"WHEN {index} THEN CAST({agg} AS DOUBLE)")
+    label = "breakdown"
+    if q.breakdown:
+        label = "CASE WHEN breakdown IN (SELECT breakdown FROM top) THEN breakdown ELSE '(other)' END"
+    body = "\n  UNION ALL ".join(parts)
+    return (
+        f"WITH base AS (\n  {body}\n),\n"
+        f"top AS (SELECT breakdown FROM base WHERE period = 'current' GROUP BY breakdown "
+        f"ORDER BY count(*) DESC, breakdown LIMIT {q.top_n})\n"
+        f"SELECT series, period, bucket, {label} AS breakdown, CASE series {' '.join(measures)} END AS value\n"
+        f"FROM base GROUP BY 1, 2, 3, 4 ORDER BY series, period, breakdown, bucket"
+    )
+
+
+def funnel_sql(q: FunnelQuery) -> str:
+    n = len(q.steps)
+    window = f"INTERVAL {q.window_seconds} SECOND"
+    flags = [
+        f"({where(f'event = {lit(step.event)}', filters_sql(step.filters))}) AS s{i}" for i, step in enumerate(q.steps)
+    ]
+    flags += [f"(event = {lit(x.event)}) AS x{i}" for i, x in enumerate(q.exclusions)]
+    breakdown = f"coalesce(CAST({prop(q.breakdown)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
+    relevant = " OR ".join([f"s{i}" for i in range(n)] + [f"x{i}" for i in range(len(q.exclusions))])
+    events_cond = where(
+        f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)} + {window}", filters_sql(q.filters)
+    )
+    ctes = [
+        f"e AS (SELECT * FROM (SELECT {PERSON} AS person, timestamp AS ts, event_id, {breakdown} AS breakdown, "
+        f"{', '.join(flags)} FROM events WHERE {events_cond})"
+        + ("" if q.order == "strict" else f" WHERE {relevant}")
+        + ")"
+    ]
+    if q.order == "any":
+        starts = " OR ".join(f"s{i}" for i in range(n))
+        ctes.append(f"a AS (SELECT person, ts AS t0, breakdown FROM e WHERE ({starts}) AND ts < {ts(q.date_to)})")
+        reached = " + ".join(
+            f"(EXISTS (SELECT 1 FROM e WHERE e.person = a.person AND e.s{i} AND e.ts >= a.t0 "
+            f"AND e.ts <= a.t0 + {window}))::INT"
+            for i in range(n)
+        )
+        ctes.append(f"attempts AS (SELECT a.*, {reached} AS depth FROM a)")
+        times = ", ".join(f"NULL::DOUBLE AS median_s{i}, NULL::DOUBLE AS avg_s{i}" for i in range(1, n))
+    else:
+        ctes.append(f"a0 AS (SELECT person, ts AS t0, breakdown FROM e WHERE s0 AND ts < {ts(q.date_to)})")
+        for i in range(1, n):
+            after = f"e.ts > a.t{i - 1} AND e.ts <= a.t0 + {window}"
+            if q.order == "strict":  # the very next event of the person must be this step
+                nxt = f"(SELECT CASE WHEN arg_min(e.s{i}, (e.ts, e.event_id)) THEN min(e.ts) END FROM e "
+                nxt += f"WHERE e.person = a.person AND {after})"
+            else:  # the earliest matching event after the previous step
+                nxt = f"(SELECT min(e.ts) FROM e WHERE e.person = a.person AND e.s{i} AND {after})"
+            ctes.append(
+                f"a{i} AS (SELECT a.*, CASE WHEN a.t{i - 1} IS NOT NULL THEN {nxt} END AS t{i} FROM a{i - 1} a)"
+            )
+        depth = " + ".join(["1"] + [f"(t{i} IS NOT NULL)::INT" for i in range(1, n)])
+        excluded = []
+        for k, x in enumerate(q.exclusions):
+            to_step = n - 1 if x.to_step is None else x.to_step
+            upper = f"coalesce(a.t{to_step}, a.t0 + {window})"
+            excluded.append(
+                f"EXISTS (SELECT 1 FROM e WHERE e.person = a.person AND e.x{k} "
+                f"AND e.ts > a.t{x.from_step} AND e.ts < {upper})"
+            )
+        keep = f" WHERE NOT ({' OR '.join(excluded)})" if excluded else ""
+        ctes.append(f"attempts AS (SELECT a.*, {depth} AS depth FROM a{n - 1} a{keep})")
+        times = ", ".join(
+            f"median(epoch(t{i}) - epoch(t{i - 1})) AS median_s{i}, avg(epoch(t{i}) - epoch(t{i - 1})) AS avg_s{i}"
+            for i in range(1, n)
+        )
+    ctes.append(
+        "best AS (SELECT * FROM attempts QUALIFY row_number() OVER (PARTITION BY person ORDER BY depth DESC, t0) = 1)"
+    )
+    ctes.append(
+        f"top AS (SELECT breakdown FROM best GROUP BY breakdown ORDER BY count(*) DESC, breakdown LIMIT {q.top_n})"
+    )
+    label = "CASE WHEN breakdown IN (SELECT breakdown FROM top) THEN breakdown ELSE '(other)' END"
+    counts = ", ".join(f"count(*) FILTER (WHERE depth >= {i + 1}) AS step{i}" for i in range(n))
+    return (
+        "WITH " + ",\n".join(ctes) + f"\nSELECT {label if q.breakdown else 'NULL'} AS breakdown, {counts}, {times}\n"
+        "FROM best GROUP BY ALL ORDER BY step0 DESC, breakdown"
+    )
+
+
+def retention_sql(q: RetentionQuery) -> str:
+    period = q.period
+    return (
+        f"WITH firsts AS (SELECT {PERSON} AS person, min(timestamp) AS first_ts FROM events "
+        f"WHERE {where(f'event = {lit(q.start_event)}', filters_sql(q.filters))} GROUP BY person),\n"
+        f"cohort AS (SELECT person, date_trunc('{period}', first_ts) AS cohort FROM firsts "
+        f"WHERE first_ts >= {ts(q.date_from)} AND first_ts < {ts(q.date_to)}),\n"
+        f"returns AS (SELECT DISTINCT c.person, c.cohort, "
+        f"date_diff('{period}', c.cohort, date_trunc('{period}', e.timestamp)) AS n "
+        "FROM cohort c JOIN events e ON coalesce(e.user_id, e.anonymous_id) = c.person "
+        f"WHERE e.event = {lit(q.return_event)} AND e.timestamp >= c.cohort + INTERVAL 1 {period}),\n"
+        f"sizes AS (SELECT cohort, count(*) AS size FROM cohort GROUP BY cohort)\n"
+        f"SELECT s.cohort, s.size, r.n AS period, count(r.person) AS returned FROM sizes s "
+        f"LEFT JOIN returns r ON r.cohort = s.cohort AND r.n BETWEEN 1 AND {q.periods} "
+        f"GROUP BY ALL ORDER BY s.cohort, period"
+    )
+
+
+def journey_sql(q: JourneyQuery) -> str:
+    window = where(f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)}")
+    if q.direction == "after":
+        span, order = f"s.rn BETWEEN a.rn0 AND a.rn0 + {q.depth}", "ASC"
+    else:
+        span, order = f"s.rn BETWEEN a.rn0 - {q.depth} AND a.rn0", "ASC"
+    return (
+        f"WITH seq AS (SELECT {PERSON} AS person, event, "
+        f"row_number() OVER (PARTITION BY {PERSON} ORDER BY timestamp, event_id) AS rn FROM events WHERE {window}),\n"
+        f"anchor AS (SELECT person, min(rn) AS rn0 FROM seq WHERE event = {lit(q.event)} GROUP BY person),\n"
+        f"path AS (SELECT s.person, s.rn - a.rn0 AS step, s.event FROM seq s JOIN anchor a USING (person) "
+        f"WHERE {span}),\n"
+        f"edges AS (SELECT person, step, lag(event) OVER (PARTITION BY person ORDER BY step) AS source, "
+        f"event AS target FROM path),\n"
+        f"paths AS (SELECT string_agg(event, ' → ' ORDER BY step {order}) AS path FROM path GROUP BY person)\n"
+        f"SELECT * FROM (SELECT 'edge' AS kind, step, source, target, NULL AS path, count(*) AS users FROM edges "
+        f"WHERE source IS NOT NULL GROUP BY ALL)\n"
+        f"UNION ALL SELECT * FROM (SELECT 'path', NULL, NULL, NULL, path, count(*) AS users FROM paths "
+        f"GROUP BY path ORDER BY users DESC, path LIMIT {q.top})\n"
+        f"ORDER BY kind, step, users DESC, source, target, path"
+    )
+
+
+def timeline_sql(q: TimelineQuery) -> str:
+    who = lit(q.person)
+    return (
+        f"SELECT timestamp, type, event, user_id, anonymous_id, properties, context, traits, source, event_id "
+        f"FROM events WHERE user_id = {who} OR anonymous_id = {who} "
+        f"ORDER BY timestamp DESC, event_id DESC LIMIT {q.limit}"
+    )
+
+
+def catalog_sql(q: CatalogQuery) -> str:
+    del q
+    return (
+        "SELECT 'event' AS kind, event, NULL AS property, NULL AS type, count(*) AS events, "
+        f"count(DISTINCT {PERSON}) AS users, min(timestamp) AS first_seen, max(timestamp) AS last_seen "
+        "FROM events GROUP BY event\n"
+        "UNION ALL SELECT 'property', event, key, json_type(json_extract(properties, '$.\"' || key || '\"')), "
+        "count(*), NULL, min(timestamp), max(timestamp) FROM "
+        "(SELECT event, timestamp, properties, unnest(json_keys(properties)) AS key FROM events "
+        "WHERE properties IS NOT NULL) GROUP BY ALL\n"
+        "ORDER BY kind, event, property, type"
+    )
