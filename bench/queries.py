@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir / f"queries-{args.events}-{args.users}"
     hive_dir = work / "hive"
-    settings = Settings(data_dir=work / "headwater", query_max_rows=100_000)
+    settings = Settings(data_dir=work / "headwater", query_max_rows=100_000, query_timeout_s=3600)
     if not (args.keep and (work / "done").exists()):
         shutil.rmtree(work, ignore_errors=True)
         hive_dir.mkdir(parents=True)
