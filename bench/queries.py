@@ -138,7 +138,7 @@ def main() -> None:
             "same_answer": same,
         }
     emit(
-        "queries" if args.events == 20_000_000 else f"queries-{args.events}",
+        "queries" if (args.events, args.users) == (20_000_000, 1_000_000) else f"queries-{args.events}-{args.users}",
         {"events": args.events, "users": args.users, "runs": args.runs,
          "generate_s": float((work / "done").read_text()), "queries": results},
     )  # fmt: skip

@@ -8,5 +8,7 @@ PY=.venv/bin/python
 $PY -m bench.ingest --duration "${BENCH_DURATION:-20}"
 $PY -m bench.freshness
 $PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --keep
+$PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --users 100000 --keep
 $PY -m bench.importer
 $PY -m bench.maintenance
+$PY -m bench.insights
