@@ -6,6 +6,7 @@ import random
 import statistics
 from collections import defaultdict
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -302,3 +303,41 @@ def test_buckets_follow_date_trunc() -> None:
         datetime(2026, 3, 16),
     ]
     assert buckets(datetime(2026, 11, 15), datetime(2027, 2, 1), "month")[-1] == datetime(2027, 1, 1)
+
+
+def test_experiment_conversion_and_significance(tmp_path: Path) -> None:
+    from scipy.stats import chi2_contingency
+
+    rng = random.Random(5)
+    rows: list[dict[str, Any]] = []
+    truth: dict[str, list[int]] = {"control": [0, 0], "test": [0, 0]}
+    for u in range(800):
+        variant = "control" if u % 2 else "test"
+        exposed_at = START + timedelta(seconds=rng.randrange(0, 10 * 86400))
+        rows.append({"user_id": f"p{u}", "event": "Exposed", "timestamp": exposed_at, "plan": variant, "amount": 0})
+        truth[variant][0] += 1
+        rate = 0.1 if variant == "control" else 0.3
+        if rng.random() < rate:  # converts inside the window
+            rows.append({"user_id": f"p{u}", "event": "Paid", "plan": "-", "amount": 1,
+                         "timestamp": exposed_at + timedelta(hours=rng.randrange(1, 100))})  # fmt: skip
+            truth[variant][1] += 1
+        elif rng.random() < 0.2:  # converts too late, or paid before being exposed: not counted
+            late = exposed_at + timedelta(days=rng.choice([8, -1]))
+            rows.append({"user_id": f"p{u}", "event": "Paid", "plan": "-", "amount": 1, "timestamp": late})
+    for i, row in enumerate(rows):
+        row["event_id"] = f"x{i:06d}"
+    settings = make_settings(tmp_path / "exp")
+    ensure_tables(open_catalog(settings))["events"].append(to_table(rows))
+    engine = InsightEngine(QueryEngine(settings))
+    spec = {"kind": "experiment", "exposure_event": "Exposed", "variant_property": "plan", "goal_event": "Paid",
+            "window_seconds": 7 * 86400, "date_from": "2026-03-01T00:00:00",
+            "date_to": "2026-04-01T00:00:00"}  # fmt: skip
+    result = engine.run(spec)["result"]
+    variants = {v["variant"]: v for v in result["variants"]}
+    assert {k: [v["exposed"], v["converted"]] for k, v in variants.items()} == truth
+    test = variants["test"]
+    (n1, c1), (n0, c0) = truth["test"], truth["control"]
+    expected_p = chi2_contingency([[c1, n1 - c1], [c0, n0 - c0]], correction=False)[1]
+    assert test["p_value"] == pytest.approx(expected_p) and test["significant"]
+    assert test["ci_low"] < test["rate"] < test["ci_high"]
+    assert result["control"] == "control" and variants["control"]["control"]

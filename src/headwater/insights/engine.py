@@ -15,6 +15,7 @@ from headwater.insights import sql as compile_sql
 from headwater.insights.spec import (
     INSIGHT,
     CatalogQuery,
+    ExperimentQuery,
     FunnelQuery,
     JourneyQuery,
     RetentionQuery,
@@ -48,6 +49,8 @@ def compile_query(query: Any) -> str:
         return compile_sql.retention_sql(query)
     if isinstance(query, JourneyQuery):
         return compile_sql.journey_sql(query)
+    if isinstance(query, ExperimentQuery):
+        return compile_sql.experiment_sql(query)
     if isinstance(query, TimelineQuery):
         return compile_sql.timeline_sql(query)
     if isinstance(query, CatalogQuery):
@@ -134,6 +137,8 @@ def shape(query: Any, columns: list[str], rows: list[list[Any]]) -> Any:
             ],
             "paths": [{"path": r["path"], "users": r["users"]} for r in records if r["kind"] == "path"],
         }
+    if isinstance(query, ExperimentQuery):
+        return experiment_result(query, [(r["variant"], r["exposed"], r["converted"]) for r in records])
     if isinstance(query, CatalogQuery):
         events = [r for r in records if r["kind"] == "event"]
         properties = [r for r in records if r["kind"] == "property"]
@@ -225,3 +230,44 @@ def _period_start(cohort_iso: str, n: int, period: str) -> datetime:
         return start + timedelta(weeks=n)
     month = start.month - 1 + n
     return start.replace(year=start.year + month // 12, month=month % 12 + 1)
+
+
+def experiment_result(query: ExperimentQuery, counts: list[tuple[str, int, int]]) -> dict[str, Any]:
+    """Rates with Wilson intervals, and chi-square tests (scipy) overall and against the control."""
+    from scipy.stats import binomtest, chi2_contingency
+
+    def p_value(table: list[list[int]]) -> float:
+        try:
+            return float(chi2_contingency(table, correction=False)[1])
+        except ValueError:  # a column of zeros: no evidence either way
+            return 1.0
+
+    names = [name for name, _, _ in counts]
+    control: str | None = None
+    if query.control in names:
+        control = query.control
+    elif names:
+        control = "control" if "control" in names else names[0]
+    base = next(((n, c) for name, n, c in counts if name == control), None)
+    alpha = 1 - query.confidence
+    variants = []
+    for name, exposed, converted in counts:
+        interval = binomtest(converted, exposed).proportion_ci(confidence_level=query.confidence, method="wilson")
+        entry: dict[str, Any] = {
+            "variant": name,
+            "exposed": exposed,
+            "converted": converted,
+            "rate": converted / exposed if exposed else 0.0,
+            "ci_low": float(interval.low),
+            "ci_high": float(interval.high),
+            "control": name == control,
+        }
+        if base is not None and name != control:
+            n0, c0 = base
+            entry["difference"] = entry["rate"] - (c0 / n0 if n0 else 0.0)
+            entry["lift"] = entry["difference"] / (c0 / n0) if n0 and c0 else None
+            entry["p_value"] = p_value([[converted, exposed - converted], [c0, n0 - c0]])
+            entry["significant"] = entry["p_value"] < alpha
+        variants.append(entry)
+    overall = p_value([[c, n - c] for _, n, c in counts]) if len(counts) > 1 else None
+    return {"control": control, "confidence": query.confidence, "p_value": overall, "variants": variants}

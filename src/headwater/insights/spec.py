@@ -116,6 +116,19 @@ class JourneyQuery(DateRange):
     top: int = Field(50, ge=1, le=500)
 
 
+class ExperimentQuery(DateRange):
+    """Conversion per variant: people exposed (first `exposure_event` with a `variant_property`)
+    who did `goal_event` within `window_seconds` after their exposure."""
+
+    kind: Literal["experiment"] = "experiment"
+    exposure_event: str = Field(min_length=1)
+    variant_property: Annotated[str, Field(pattern=PROPERTY_NAME)]
+    goal_event: str = Field(min_length=1)
+    window_seconds: int = Field(14 * 86400, ge=1, le=365 * 86400)
+    control: str | None = None
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+
+
 class TimelineQuery(Spec):
     kind: Literal["timeline"] = "timeline"
     person: str = Field(min_length=1)
@@ -127,7 +140,8 @@ class CatalogQuery(Spec):
 
 
 InsightQuery = Annotated[
-    TrendQuery | FunnelQuery | RetentionQuery | JourneyQuery | TimelineQuery | CatalogQuery, Field(discriminator="kind")
+    TrendQuery | FunnelQuery | RetentionQuery | JourneyQuery | ExperimentQuery | TimelineQuery | CatalogQuery,
+    Field(discriminator="kind"),
 ]
 
 INSIGHT = TypeAdapter(InsightQuery)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from headwater.insights.spec import (
     COLUMNS,
     CatalogQuery,
+    ExperimentQuery,
     Filter,
     FunnelQuery,
     JourneyQuery,
@@ -227,6 +228,26 @@ def journey_sql(q: JourneyQuery) -> str:
         f"UNION ALL SELECT * FROM (SELECT 'path', NULL, NULL, NULL, path, count(*) AS users FROM paths "
         f"GROUP BY path ORDER BY users DESC, path LIMIT {q.top})\n"
         f"ORDER BY kind, step, users DESC, source, target, path"
+    )
+
+
+def experiment_sql(q: ExperimentQuery) -> str:
+    variant = f"CAST({prop(q.variant_property)} AS VARCHAR)"
+    exposed = where(
+        f"event = {lit(q.exposure_event)}",
+        f"timestamp >= {ts(q.date_from)}",
+        f"timestamp < {ts(q.date_to)}",
+        f"{variant} IS NOT NULL",
+    )
+    return (
+        f"WITH exposures AS (SELECT person, arg_min(variant, (ts, event_id)) AS variant, min(ts) AS exposed_at "
+        f"FROM (SELECT {PERSON} AS person, {variant} AS variant, timestamp AS ts, event_id FROM events "
+        f"WHERE {exposed}) GROUP BY person),\n"
+        f"converted AS (SELECT x.person FROM exposures x WHERE EXISTS (SELECT 1 FROM events e "
+        f"WHERE coalesce(e.user_id, e.anonymous_id) = x.person AND e.event = {lit(q.goal_event)} "
+        f"AND e.timestamp >= x.exposed_at AND e.timestamp <= x.exposed_at + INTERVAL {q.window_seconds} SECOND))\n"
+        f"SELECT x.variant, count(*) AS exposed, count(c.person) AS converted "
+        f"FROM exposures x LEFT JOIN converted c USING (person) GROUP BY x.variant ORDER BY x.variant"
     )
 
 
