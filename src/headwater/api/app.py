@@ -151,17 +151,26 @@ def build_app(settings: Settings) -> IngestApp:
         body = generate_latest(metrics_registry()) + generate_latest(gauges_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    async def query(request: Request) -> Response:
-        s = svc()
+    async def read_request(request: Request, hint: str) -> dict[str, Any] | Response:
+        """The JSON object of a read-key request, or the error response to send."""
         try:
-            s.keys.require(request_key(request.headers), read=True)
+            svc().keys.require(request_key(request.headers), read=True)
         except AuthError as exc:
             return error_response(str(exc), exc.status)
         try:
             doc = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
             return error_response(f"body is not valid JSON: {exc}", 400)
-        if not isinstance(doc, dict) or not isinstance(doc.get("sql"), str):
+        if not isinstance(doc, dict):
+            return error_response(f"body: send a JSON object, e.g. {hint}", 400)
+        return doc
+
+    async def query(request: Request) -> Response:
+        s = svc()
+        doc = await read_request(request, '{"sql": "SELECT ..."}')
+        if isinstance(doc, Response):
+            return doc
+        if not isinstance(doc.get("sql"), str):
             return error_response('sql: required, send {"sql": "SELECT ..."}', 400)
         max_rows = doc.get("max_rows")
         if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
@@ -177,19 +186,11 @@ def build_app(settings: Settings) -> IngestApp:
         )
 
     async def insight(request: Request) -> Response:
-        s = svc()
+        spec = await read_request(request, '{"kind": "trend", ...}')
+        if isinstance(spec, Response):
+            return spec
         try:
-            s.keys.require(request_key(request.headers), read=True)
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
-        try:
-            spec = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            return error_response(f"body is not valid JSON: {exc}", 400)
-        if not isinstance(spec, dict):
-            return error_response('body: send an insight object, e.g. {"kind": "trend", ...}', 400)
-        try:
-            answer = await run_in_threadpool(s.insights.run, spec)
+            answer = await run_in_threadpool(svc().insights.run, spec)
         except QueryError as exc:
             return error_response(str(exc), exc.status)
         return Response(orjson.dumps(answer, default=str), media_type="application/json")

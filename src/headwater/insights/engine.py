@@ -40,22 +40,23 @@ def parse(spec: dict[str, Any]) -> Any:
         raise InsightError(problems) from None
 
 
+COMPILERS: dict[type, Any] = {
+    TrendQuery: compile_sql.trend_sql,
+    FunnelQuery: compile_sql.funnel_sql,
+    RetentionQuery: compile_sql.retention_sql,
+    JourneyQuery: compile_sql.journey_sql,
+    ExperimentQuery: compile_sql.experiment_sql,
+    TimelineQuery: compile_sql.timeline_sql,
+    CatalogQuery: compile_sql.catalog_sql,
+}
+
+
 def compile_query(query: Any) -> str:
-    if isinstance(query, TrendQuery):
-        return compile_sql.trend_sql(query)
-    if isinstance(query, FunnelQuery):
-        return compile_sql.funnel_sql(query)
-    if isinstance(query, RetentionQuery):
-        return compile_sql.retention_sql(query)
-    if isinstance(query, JourneyQuery):
-        return compile_sql.journey_sql(query)
-    if isinstance(query, ExperimentQuery):
-        return compile_sql.experiment_sql(query)
-    if isinstance(query, TimelineQuery):
-        return compile_sql.timeline_sql(query)
-    if isinstance(query, CatalogQuery):
-        return compile_sql.catalog_sql(query)
-    raise InsightError(f"unknown insight {type(query).__name__}")
+    """The one SQL statement an insight runs."""
+    compiler = COMPILERS.get(type(query))
+    if compiler is None:
+        raise InsightError(f"unknown insight {type(query).__name__}")
+    return str(compiler(query))
 
 
 class InsightEngine:
