@@ -7,6 +7,7 @@ import time
 import uuid
 
 import httpx
+import orjson
 
 from tests.helpers import RunningHeadwater
 
@@ -217,3 +218,31 @@ def test_insights_api(headwater: RunningHeadwater) -> None:
     bad = httpx.post(url, json={"kind": "funnel", "steps": []}, headers=bearer)
     assert bad.status_code == 400 and "steps" in bad.json()["error"]
     assert httpx.post(url, json=spec).status_code == 401
+
+
+def test_live_tail_polling_filters_and_stream(headwater: RunningHeadwater) -> None:
+    user = unique("live")
+    bearer = {"Authorization": f"Bearer {headwater.keys['read']}"}
+    url = headwater.url + "/api/live"
+    start = httpx.get(url, params={"limit": 1}, headers=bearer).json()["cursor"]
+    body = f'{{"event":"L1","userId":"{user}","plan":"pro"}}\n{{"event":"L2","userId":"{user}"}}\n{{"event":"L3"}}'
+    assert headwater.post("/track", body, headwater.keys["write"]).json()["accepted"] == 2
+    page = httpx.get(url, params={"cursor": start}, headers=bearer).json()
+    mine = [e for e in page["events"] if e["user_id"] == user]
+    assert [e["event"] for e in mine] == ["L1", "L2"]  # since a cursor: oldest first
+    assert mine[0]["properties"] == {"plan": "pro"} and mine[0]["source"] == "test-write"
+    assert any(e["rejected"] and "userId" in e["rejected"] for e in page["events"])
+    assert httpx.get(url, params={"cursor": page["cursor"]}, headers=bearer).json()["events"] == []
+    latest = httpx.get(url, params={"user": user, "limit": 50}, headers=bearer).json()["events"]
+    assert [e["event"] for e in latest] == ["L2", "L1"]  # newest first
+    assert httpx.get(url, params={"cursor": "nonsense"}, headers=bearer).status_code == 400
+    assert httpx.get(url).status_code == 401
+
+    with httpx.stream("GET", url + "/stream", params={"user": user}, headers=bearer, timeout=20) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        headwater.post("/track", f'{{"event":"L4","userId":"{user}"}}', headwater.keys["write"])
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                event = orjson.loads(line[6:])
+                assert event["event"] == "L4" and event["user_id"] == user
+                break

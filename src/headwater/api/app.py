@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from headwater import __version__
@@ -31,10 +31,12 @@ from headwater.core.errors import AuthError, QueryError
 from headwater.core.settings import Settings
 from headwater.insights.engine import InsightEngine
 from headwater.lake.writer import GROUP as LAKE_GROUP
+from headwater.live.tail import LiveTail
 from headwater.log.sqlite import SqliteAdmin, SqliteLog
 from headwater.query.engine import QueryEngine
 
 log = logging.getLogger(__name__)
+LIVE_STREAM_SECONDS = 30.0
 
 
 class LogGauges:
@@ -74,6 +76,7 @@ class Services:
         self.collector = Collector(self.producer, self.keys, limits)
         self.query = QueryEngine(settings)
         self.insights = InsightEngine(self.query)
+        self.live = LiveTail(self.log)
         self.started = time.time()
 
     def check_pressure(self) -> None:
@@ -91,6 +94,7 @@ class Services:
         self.producer.close()
         self.admin.close()
         self.query.close()
+        self.live.close()
         self.keys.close()
 
 
@@ -195,6 +199,58 @@ def build_app(settings: Settings) -> IngestApp:
             return error_response(str(exc), exc.status)
         return Response(orjson.dumps(answer, default=str), media_type="application/json")
 
+    def live_args(request: Request) -> dict[str, Any]:
+        params = request.query_params
+        limit = params.get("limit", "100")
+        if not limit.isdigit():
+            raise ValueError("limit: must be a positive integer")
+        return {
+            "limit": int(limit),
+            "event": params.get("event") or None,
+            "person": params.get("user") or None,
+            "source": params.get("source") or None,
+            "include_rejected": params.get("rejected", "true").lower() != "false",
+        }
+
+    async def live(request: Request) -> Response:
+        s = svc()
+        try:
+            s.keys.require(request_key(request.headers), read=True)
+            args = live_args(request)
+            page = await run_in_threadpool(s.live.read, request.query_params.get("cursor"), **args)
+        except AuthError as exc:
+            return error_response(str(exc), exc.status)
+        except ValueError as exc:
+            return error_response(str(exc), 400)
+        return Response(orjson.dumps(page), media_type="application/json")
+
+    async def live_stream(request: Request) -> Response:
+        """Server-sent events; each event's id is a cursor, so EventSource resumes after a reconnect."""
+        s = svc()
+        try:
+            s.keys.require(request_key(request.headers), read=True)
+            args = live_args(request)
+            cursor = request.headers.get("last-event-id") or request.query_params.get("cursor")
+            first = await run_in_threadpool(s.live.read, cursor or None, 1 if cursor is None else args["limit"])
+        except AuthError as exc:
+            return error_response(str(exc), exc.status)
+        except ValueError as exc:
+            return error_response(str(exc), 400)
+
+        async def events() -> AsyncIterator[bytes]:
+            position = first["cursor"]
+            deadline = time.monotonic() + LIVE_STREAM_SECONDS  # bounded: clients reconnect, shutdown is quick
+            yield b"retry: 500\n\n"
+            while time.monotonic() < deadline and not await request.is_disconnected():
+                page = await run_in_threadpool(s.live.read, position, **args)
+                position = page["cursor"]
+                for row in page["events"]:
+                    yield b"id: " + position.encode() + b"\ndata: " + orjson.dumps(row) + b"\n\n"
+                yield b": tick\n\n"
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-store"})
+
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     middleware = [
         Middleware(
@@ -210,6 +266,8 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/api/query", query, methods=["POST"]),
         Route("/api/insights", insight, methods=["POST"]),
+        Route("/api/live", live, methods=["GET"]),
+        Route("/api/live/stream", live_stream, methods=["GET"]),
     ]
     ingest_routes = [Route(path, _method_not_allowed, methods=["GET"]) for path in INGEST_PATHS]
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)

@@ -119,6 +119,10 @@ class SqliteLog:
     def consumer(self, group: str) -> SqliteConsumer:
         return SqliteConsumer(self, group)
 
+    def reader(self) -> sqlite3.Connection:
+        """A read-only style connection for tools that read records without a group (live tail)."""
+        return _connect(self.path, writer=False)
+
     def admin(self) -> SqliteAdmin:
         return SqliteAdmin(self)
 
@@ -401,6 +405,29 @@ class SqliteProducer:
         return int((pages - free) * self._conn.execute("PRAGMA page_size").fetchone()[0])
 
 
+def read_partition(conn: sqlite3.Connection, partition: int, position: int, max_records: int) -> list[Record]:
+    """Records of one partition from `position` on (whole batches, at least max_records if there are).
+
+    Starts at the batch holding `position`, or at the first batch after it when retention removed it.
+    """
+    rows = conn.execute(
+        "SELECT * FROM (SELECT base_offset, count, append_ms, payload FROM batches WHERE partition = ? "
+        "AND base_offset <= ? ORDER BY base_offset DESC LIMIT 1) WHERE base_offset + count > ? "
+        "UNION ALL SELECT * FROM (SELECT base_offset, count, append_ms, payload "
+        "FROM batches WHERE partition = ? AND base_offset > ? ORDER BY base_offset LIMIT 64)",
+        (partition, position, position, partition, position),
+    ).fetchall()
+    out: list[Record] = []
+    for base, _count, append_ms, payload in rows:
+        for index, (key, value) in enumerate(decode_batch(payload)):
+            offset = base + index
+            if offset >= position:
+                out.append(Record(partition, offset, key, value, append_ms))
+        if len(out) >= max_records:
+            break
+    return out
+
+
 class SqliteConsumer:
     """A member of a consumer group; owns every partition (one member per group in embedded mode)."""
 
@@ -450,35 +477,15 @@ class SqliteConsumer:
         out: list[Record] = []
         per_partition = max(1, max_records // len(partitions))
         for partition in partitions:
-            pos = self._positions[partition]
-            rows = self._conn.execute(
-                "SELECT * FROM (SELECT base_offset, count, append_ms, payload FROM batches WHERE partition = ? "
-                "AND base_offset <= ? ORDER BY base_offset DESC LIMIT 1) WHERE base_offset + count > ? "
-                "UNION ALL SELECT * FROM (SELECT base_offset, count, append_ms, payload "
-                "FROM batches WHERE partition = ? AND base_offset > ? ORDER BY base_offset LIMIT 64)",
-                (partition, pos, pos, partition, pos),
-            ).fetchall()
-            taken = 0
-            for base, _count, append_ms, payload in rows:
-                if base > pos:  # retention removed records a new group had not read: skip ahead
+            records = read_partition(self._conn, partition, self._positions[partition], per_partition)
+            if records:
+                if records[0].offset > self._positions[partition]:
                     log.warning(
-                        "group %s partition %d: offsets %d..%d no longer in the log",
-                        self.group,
-                        partition,
-                        pos,
-                        base,
-                    )
-                    pos = base
-                for index, (key, value) in enumerate(decode_batch(payload)):
-                    offset = base + index
-                    if offset < pos:
-                        continue
-                    out.append(Record(partition, offset, key, value, append_ms))
-                    pos = offset + 1
-                    taken += 1
-                if taken >= per_partition:
-                    break
-            self._positions[partition] = pos
+                        "group %s partition %d: offsets %d..%d are no longer in the log",
+                        self.group, partition, self._positions[partition], records[0].offset,
+                    )  # fmt: skip
+                self._positions[partition] = records[-1].offset + 1
+                out.extend(records)
         return out
 
     def commit(self, offsets: dict[int, int] | None = None) -> None:

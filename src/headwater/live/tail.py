@@ -1,0 +1,117 @@
+"""Reads the newest records of the log without a consumer group (nothing is committed)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from headwater.core.events import RowBuilder
+from headwater.log.sqlite import SqliteLog, read_partition
+
+MAX_LIMIT = 1000
+
+
+def parse_cursor(cursor: str, partitions: int) -> dict[int, int]:
+    """'0:120,1:98' -> {0: 120, 1: 98}; a clear error for anything else."""
+    positions: dict[int, int] = {}
+    try:
+        for part in filter(None, cursor.split(",")):
+            partition, offset = part.split(":")
+            positions[int(partition)] = int(offset)
+    except ValueError:
+        raise ValueError("cursor: expected the value returned by the previous call, like '0:120,1:98'") from None
+    if any(p < 0 or p >= partitions or o < 0 for p, o in positions.items()):
+        raise ValueError("cursor: partition or offset out of range")
+    return positions
+
+
+def format_cursor(positions: dict[int, int]) -> str:
+    return ",".join(f"{p}:{o}" for p, o in sorted(positions.items()))
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class LiveTail:
+    def __init__(self, log: SqliteLog) -> None:
+        self.log = log
+        self._conn = log.reader()
+        self._lock = threading.Lock()  # one connection, used from the server's thread pool
+
+    def read(
+        self,
+        cursor: str | None = None,
+        limit: int = 100,
+        event: str | None = None,
+        person: str | None = None,
+        source: str | None = None,
+        include_rejected: bool = True,
+    ) -> dict[str, Any]:
+        """Without a cursor: the newest `limit` events. With one: events appended since, oldest first."""
+        with self._lock:
+            return self._read(cursor, limit, event, person, source, include_rejected)
+
+    def _read(
+        self, cursor: str | None, limit: int, event: str | None, person: str | None, source: str | None,
+        include_rejected: bool,
+    ) -> dict[str, Any]:  # fmt: skip
+        limit = max(1, min(limit, MAX_LIMIT))
+        ends = dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
+        if cursor:
+            start = parse_cursor(cursor, self.log.partitions)
+        else:
+            start = {p: max(0, end - limit) for p, end in ends.items()}
+        records = []
+        positions = dict(ends)
+        for partition in range(self.log.partitions):
+            begin = start[partition] if partition in start else int(ends.get(partition, 0))
+            got = read_partition(self._conn, partition, begin, limit)
+            records.extend(got)
+            positions[partition] = got[-1].offset + 1 if got else begin
+        records.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset))
+        if not cursor:
+            records = records[-limit:]
+        elif len(records) > limit:  # deliver the oldest first; the cursor resumes after them
+            records = records[:limit]
+            positions = dict(start)
+            for record in records:
+                positions[record.partition] = max(positions.get(record.partition, 0), record.offset + 1)
+        rows = [self._row(r.value, r.partition, r.offset) for r in records]
+        rows = [
+            row for row in rows
+            if (event is None or row["event"] == event)
+            and (person is None or person in (row["user_id"], row["anonymous_id"]))
+            and (source is None or row["source"] == source)
+            and (include_rejected or row["rejected"] is None)
+        ]  # fmt: skip
+        if not cursor:
+            rows.reverse()  # newest first
+        return {"events": rows, "cursor": format_cursor(positions)}
+
+    def _row(self, value: bytes, partition: int, offset: int) -> dict[str, Any]:
+        builder = RowBuilder()
+        builder.add(orjson.loads(value), self.log.log_id, partition, offset)
+        events, quarantine = builder.tables()
+        position = {"partition": partition, "offset": offset}
+        if events.num_rows:
+            row = {k: _iso(v) for k, v in events.to_pylist()[0].items()}
+            for name in ("properties", "context", "traits"):
+                row[name] = _json(row[name])
+            return {**row, **position, "rejected": None}
+        q = quarantine.to_pylist()[0]
+        return {
+            "event_id": None, "type": None, "event": None, "user_id": None, "anonymous_id": None,
+            "timestamp": None, "received_at": _iso(q["received_at"]), "source": q["source"],
+            "rejected": q["reason"], "raw": q["raw"], **position,
+        }  # fmt: skip
+
+    def close(self) -> None:
+        self._conn.close()
