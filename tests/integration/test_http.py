@@ -246,3 +246,48 @@ def test_live_tail_polling_filters_and_stream(headwater: RunningHeadwater) -> No
                 event = orjson.loads(line[6:])
                 assert event["event"] == "L4" and event["user_id"] == user
                 break
+
+
+def test_web_users_sessions_roles_and_csrf(headwater: RunningHeadwater) -> None:
+    admin_key = {"Authorization": f"Bearer {headwater.keys['admin']}"}
+    for name, role in (("vera", "viewer"), ("andy", "analyst"), ("ada", "admin")):
+        created = httpx.post(headwater.url + "/api/users", json={"name": name, "role": role,
+                             "password": f"{name}-password-123"}, headers=admin_key)  # fmt: skip
+        assert created.status_code == 201, created.text
+    read_key = {"Authorization": f"Bearer {headwater.keys['read']}"}
+    assert httpx.get(headwater.url + "/api/users", headers=read_key).status_code == 403
+
+    def sign_in(name: str) -> tuple[httpx.Client, str]:
+        client = httpx.Client(base_url=headwater.url)
+        response = client.post("/api/login", json={"name": name, "password": f"{name}-password-123"})
+        assert response.status_code == 200 and "hw_session" in response.cookies
+        assert "httponly" in response.headers["set-cookie"].lower()
+        return client, response.json()["csrf"]
+
+    assert httpx.post(headwater.url + "/api/login", json={"name": "vera", "password": "nope"}).status_code == 401
+    sql = {"sql": "SELECT 1"}
+    viewer, viewer_csrf = sign_in("vera")
+    assert viewer.get("/api/me").json()["permissions"] == ["view"]
+    assert viewer.post("/api/query", json=sql, headers={"x-csrf-token": viewer_csrf}).status_code == 403
+    catalog = viewer.post("/api/insights", json={"kind": "catalog"}, headers={"x-csrf-token": viewer_csrf})
+    assert catalog.status_code == 200
+    assert (
+        viewer.post("/api/keys", json={"name": "x", "role": "write"}, headers={"x-csrf-token": viewer_csrf}).status_code
+        == 403
+    )
+
+    analyst, analyst_csrf = sign_in("andy")
+    assert analyst.post("/api/query", json=sql).status_code == 403  # no CSRF header
+    assert analyst.post("/api/query", json=sql, headers={"x-csrf-token": "forged"}).status_code == 403
+    assert analyst.post("/api/query", json=sql, headers={"x-csrf-token": analyst_csrf}).json()["rows"] == [[1]]
+    assert analyst.get("/api/keys").status_code == 403
+
+    admin, admin_csrf = sign_in("ada")
+    made = admin.post("/api/keys", json={"name": "from-web", "role": "write"}, headers={"x-csrf-token": admin_csrf})
+    assert made.status_code == 201 and made.json()["key"].startswith("hw_w_")
+    assert any(k["name"] == "from-web" for k in admin.get("/api/keys").json())
+    assert admin.delete("/api/keys/from-web", headers={"x-csrf-token": admin_csrf}).status_code == 200
+    assert admin.post("/api/logout", headers={"x-csrf-token": admin_csrf}).status_code == 200
+    assert admin.get("/api/me").status_code == 401
+    for client in (viewer, analyst, admin):
+        client.close()

@@ -58,3 +58,34 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     config.write_text("no_such_setting = 1\n")
     with pytest.raises(ConfigError, match="no_such_setting"):
         load_settings(config)
+
+
+def test_users_passwords_sessions_and_roles(tmp_path: Path) -> None:
+    from headwater.auth.users import UserStore
+
+    store = UserStore(tmp_path / "users.db", session_hours=1)
+    store.create("ana", "analyst", "correct horse battery")
+    with pytest.raises(AuthError, match="password"):
+        store.create("bob", "viewer", "short")
+    with pytest.raises(AuthError, match="role"):
+        store.create("bob", "root", "long enough password")
+    with pytest.raises(AuthError) as info:
+        store.create("ana", "viewer", "another long password")
+    assert info.value.status == 409
+    assert b"correct horse" not in (tmp_path / "users.db").read_bytes()
+    for name, password in (("ana", "wrong password!"), ("nobody", "correct horse battery")):
+        with pytest.raises(AuthError) as info:
+            store.login(name, password)
+        assert info.value.status == 401
+    token, session = store.login("ana", "correct horse battery")
+    assert session.user.permissions == {"view", "analyze", "sql"}
+    found = store.session(token)
+    assert found is not None and found.csrf == session.csrf
+    assert store.session("forged") is None
+    store.logout(token)
+    assert store.session(token) is None
+    expired = UserStore(tmp_path / "users.db", session_hours=-1 / 3600)
+    stale, _ = expired.login("ana", "correct horse battery")
+    assert store.session(stale) is None  # past its expiry
+    store.delete("ana")
+    assert store.list() == []

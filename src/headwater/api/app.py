@@ -24,9 +24,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from headwater import __version__
+from headwater.api.accounts import account_routes
+from headwater.api.principal import authenticate
 from headwater.auth.keys import KeyStore
+from headwater.auth.users import UserStore
 from headwater.collector.parsing import Limits
-from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp, request_key
+from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp
 from headwater.core.errors import AuthError, QueryError
 from headwater.core.settings import Settings
 from headwater.insights.engine import InsightEngine
@@ -72,6 +75,7 @@ class Services:
         )
         self.admin = self.log.admin()
         self.keys = KeyStore(settings.keys_path)
+        self.users = UserStore(settings.users_path, settings.session_hours)
         limits = Limits(settings.max_request_bytes, settings.max_event_bytes, settings.max_batch_events)
         self.collector = Collector(self.producer, self.keys, limits)
         self.query = QueryEngine(settings)
@@ -96,6 +100,7 @@ class Services:
         self.query.close()
         self.live.close()
         self.keys.close()
+        self.users.close()
 
 
 def metrics_registry() -> CollectorRegistry:
@@ -155,12 +160,20 @@ def build_app(settings: Settings) -> IngestApp:
         body = generate_latest(metrics_registry()) + generate_latest(gauges_registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    async def read_request(request: Request, hint: str) -> dict[str, Any] | Response:
-        """The JSON object of a read-key request, or the error response to send."""
+    def allowed(request: Request, permission: str) -> Response | None:
+        """None when the caller (API key or signed-in user) may `permission`, else the error response."""
+        s = svc()
         try:
-            svc().keys.require(request_key(request.headers), read=True)
+            authenticate(request, s.keys, s.users, permission)
         except AuthError as exc:
             return error_response(str(exc), exc.status)
+        return None
+
+    async def read_request(request: Request, hint: str, permission: str) -> dict[str, Any] | Response:
+        """The JSON object of an allowed request, or the error response to send."""
+        refused = allowed(request, permission)
+        if refused is not None:
+            return refused
         try:
             doc = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
@@ -171,7 +184,7 @@ def build_app(settings: Settings) -> IngestApp:
 
     async def query(request: Request) -> Response:
         s = svc()
-        doc = await read_request(request, '{"sql": "SELECT ..."}')
+        doc = await read_request(request, '{"sql": "SELECT ..."}', "sql")
         if isinstance(doc, Response):
             return doc
         if not isinstance(doc.get("sql"), str):
@@ -190,7 +203,7 @@ def build_app(settings: Settings) -> IngestApp:
         )
 
     async def insight(request: Request) -> Response:
-        spec = await read_request(request, '{"kind": "trend", ...}')
+        spec = await read_request(request, '{"kind": "trend", ...}', "view")
         if isinstance(spec, Response):
             return spec
         try:
@@ -214,12 +227,12 @@ def build_app(settings: Settings) -> IngestApp:
 
     async def live(request: Request) -> Response:
         s = svc()
+        refused = allowed(request, "view")
+        if refused is not None:
+            return refused
         try:
-            s.keys.require(request_key(request.headers), read=True)
             args = live_args(request)
             page = await run_in_threadpool(s.live.read, request.query_params.get("cursor"), **args)
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
         except ValueError as exc:
             return error_response(str(exc), 400)
         return Response(orjson.dumps(page), media_type="application/json")
@@ -227,13 +240,13 @@ def build_app(settings: Settings) -> IngestApp:
     async def live_stream(request: Request) -> Response:
         """Server-sent events; each event's id is a cursor, so EventSource resumes after a reconnect."""
         s = svc()
+        refused = allowed(request, "view")
+        if refused is not None:
+            return refused
         try:
-            s.keys.require(request_key(request.headers), read=True)
             args = live_args(request)
             cursor = request.headers.get("last-event-id") or request.query_params.get("cursor")
             first = await run_in_threadpool(s.live.read, cursor or None, 1 if cursor is None else args["limit"])
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
         except ValueError as exc:
             return error_response(str(exc), 400)
 
@@ -270,6 +283,7 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/api/live/stream", live_stream, methods=["GET"]),
     ]
     ingest_routes = [Route(path, _method_not_allowed, methods=["GET"]) for path in INGEST_PATHS]
+    routes += account_routes(svc)
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
     ingest = IngestApp(starlette, origins)
     return ingest

@@ -58,9 +58,9 @@ class KeyStore:
 
     def create(self, name: str, role: str) -> str:
         if role not in ROLES:
-            raise AuthError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+            raise AuthError(f"role must be one of {', '.join(ROLES)}, got {role!r}", 400)
         if not name or len(name) > 100:
-            raise AuthError("key name must be 1 to 100 characters")
+            raise AuthError("key name must be 1 to 100 characters", 400)
         key = f"hw_{role[0]}_" + secrets.token_urlsafe(32)
         with self._lock:
             try:
@@ -69,7 +69,7 @@ class KeyStore:
                     (name, role, hash_key(key), key[:9], int(time.time() * 1000)),
                 )
             except sqlite3.IntegrityError:
-                raise AuthError(f"a key named {name!r} already exists; pick another name or revoke it") from None
+                raise AuthError(f"a key named {name!r} already exists; pick another name or revoke it", 409) from None
         return key
 
     def list(self) -> list[ApiKey]:
@@ -86,7 +86,7 @@ class KeyStore:
                 (int(time.time() * 1000), name),
             )
         if cur.rowcount == 0:
-            raise AuthError(f"no active key named {name!r}")
+            raise AuthError(f"no active key named {name!r}", 404)
         self._cache.clear()
 
     def lookup(self, key: str) -> ApiKey | None:

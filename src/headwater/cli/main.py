@@ -26,6 +26,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+users_app = typer.Typer(help="Create, list and delete web users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
@@ -62,6 +64,7 @@ def up(
     from headwater.runtime.supervisor import Supervisor
 
     settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    first_password = ensure_first_admin(settings)
     supervisor = Supervisor(settings, config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,6 +76,8 @@ def up(
         fail(str(exc))
     url = f"http://{settings.host}:{bound}"
     console.print(f"[green]Headwater is up[/green] at {url}  (data in {settings.data_dir.resolve()})")
+    if first_password:
+        console.print(f"First run: web user [bold]admin[/bold], password [bold]{first_password}[/bold] (shown once)")
     watcher = threading.Thread(target=supervisor.watch, daemon=True)
     watcher.start()
     if demo:
@@ -343,6 +348,76 @@ def keys_revoke(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None
     finally:
         store.close()
     sys.stdout.write(f"revoked {name!r}\n")
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="Sign-in name.")],
+    role: Annotated[str, typer.Option(help="admin (everything), analyst (insights, SQL) or viewer (dashboards).")],
+    password: Annotated[
+        str | None, typer.Option(help="At least 10 characters (asked for when not given).", envvar="HEADWATER_PASSWORD")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a web user (passwords are stored as argon2 hashes)."""
+    from headwater.auth.users import UserStore
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    store = UserStore(settings_from(config, data_dir=data_dir).users_path)
+    try:
+        user = store.create(name, role, password)
+    except HeadwaterError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    sys.stdout.write(f"created {user.role} user {user.name!r}\n")
+
+
+@users_app.command("list")
+def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """List web users and their roles."""
+    from headwater.auth.users import UserStore
+
+    store = UserStore(settings_from(config, data_dir=data_dir).users_path)
+    table = RichTable("name", "role")
+    for user in store.list():
+        table.add_row(user.name, user.role)
+    store.close()
+    Console().print(table)
+
+
+@users_app.command("delete")
+def users_delete(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Delete a web user and end their sessions."""
+    from headwater.auth.users import UserStore
+
+    store = UserStore(settings_from(config, data_dir=data_dir).users_path)
+    try:
+        store.delete(name)
+    except HeadwaterError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    sys.stdout.write(f"deleted {name!r}\n")
+
+
+def ensure_first_admin(settings: Settings) -> str | None:
+    """On first run, create user `admin` with a random password; return the password (shown once)."""
+    import secrets
+
+    from headwater.auth.users import UserStore
+
+    store = UserStore(settings.users_path)
+    try:
+        if store.count():
+            return None
+        password = secrets.token_urlsafe(12)
+        store.create("admin", "admin", password)
+        return password
+    finally:
+        store.close()
 
 
 @config_app.command("show")

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     query_threads: int = Field(0, ge=0, description="DuckDB threads for queries (0 = number of cores).")
     query_memory_limit: str = Field("4GB", description="DuckDB memory limit for queries.")
 
+    # --- web users
+    session_hours: float = Field(12.0, gt=0, description="Web sessions expire after this many hours.")
+
     # --- demo
     demo_rate: float = Field(50.0, ge=0, description="Events per second sent by `headwater up --demo`.")
     demo_key: str | None = Field(None, description="Admin key printed by `up --demo` (created when absent).")
@@ -155,6 +158,10 @@ class Settings(BaseSettings):
     @property
     def keys_path(self) -> Path:
         return self.data_dir / "keys.db"
+
+    @property
+    def users_path(self) -> Path:
+        return self.data_dir / "users.db"
 
     @property
     def warehouse_path(self) -> Path:

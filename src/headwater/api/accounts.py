@@ -1,0 +1,129 @@
+"""Sign-in, sessions, and managing users and API keys over HTTP (admins only for management)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from headwater.api.principal import SESSION_COOKIE, authenticate
+from headwater.core.errors import AuthError
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _error(exc: AuthError) -> Response:
+    return _json({"success": False, "error": str(exc)}, exc.status)
+
+
+async def _body(request: Request, *fields: str) -> dict[str, str]:
+    try:
+        doc = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise AuthError(f"body is not valid JSON: {exc}", 400) from None
+    if not isinstance(doc, dict):
+        raise AuthError("body: expected a JSON object", 400)
+    for name in fields:
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            raise AuthError(f"{name}: required, a string", 400)
+    return doc
+
+
+def account_routes(services: Callable[[], Any]) -> list[Route]:
+    """Routes for the web app's accounts; `services()` gives the opened Services."""
+
+    async def login(request: Request) -> Response:
+        s = services()
+        try:
+            doc = await _body(request, "name", "password")
+            token, session = await run_in_threadpool(s.users.login, doc["name"], doc["password"])
+        except AuthError as exc:
+            return _error(exc)
+        response = _json({"user": session.user.name, "role": session.user.role, "csrf": session.csrf})
+        response.set_cookie(
+            SESSION_COOKIE, token, max_age=s.users.session_ms // 1000, httponly=True, samesite="strict",
+            secure=request.url.scheme == "https", path="/",
+        )  # fmt: skip
+        return response
+
+    async def logout(request: Request) -> Response:
+        s = services()
+        try:
+            authenticate(request, s.keys, s.users, "view")
+        except AuthError as exc:
+            return _error(exc)
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            s.users.logout(token)
+        response = _json({"success": True})
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def me(request: Request) -> Response:
+        s = services()
+        session = s.users.session(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            return _json({"success": False, "error": "not signed in"}, 401)
+        return _json({"user": session.user.name, "role": session.user.role, "csrf": session.csrf,
+                      "permissions": sorted(session.user.permissions)})  # fmt: skip
+
+    async def keys(request: Request) -> Response:
+        s = services()
+        try:
+            authenticate(request, s.keys, s.users, "manage")
+            if request.method == "GET":
+                return _json([{"name": k.name, "role": k.role, "prefix": k.prefix, "created_ms": k.created_ms,
+                               "revoked": k.revoked_ms is not None} for k in s.keys.list()])  # fmt: skip
+            doc = await _body(request, "name", "role")
+            return _json(
+                {"name": doc["name"], "role": doc["role"], "key": s.keys.create(doc["name"], doc["role"])}, 201
+            )
+        except AuthError as exc:
+            return _error(exc)
+
+    async def revoke_key(request: Request) -> Response:
+        s = services()
+        try:
+            authenticate(request, s.keys, s.users, "manage")
+            s.keys.revoke(request.path_params["name"])
+        except AuthError as exc:
+            return _error(exc)
+        return _json({"success": True})
+
+    async def users(request: Request) -> Response:
+        s = services()
+        try:
+            authenticate(request, s.keys, s.users, "manage")
+            if request.method == "GET":
+                return _json([{"name": u.name, "role": u.role} for u in s.users.list()])
+            doc = await _body(request, "name", "role", "password")
+            user = await run_in_threadpool(s.users.create, doc["name"], doc["role"], doc["password"])
+        except AuthError as exc:
+            return _error(exc)
+        return _json({"name": user.name, "role": user.role}, 201)
+
+    async def delete_user(request: Request) -> Response:
+        s = services()
+        try:
+            authenticate(request, s.keys, s.users, "manage")
+            s.users.delete(request.path_params["name"])
+        except AuthError as exc:
+            return _error(exc)
+        return _json({"success": True})
+
+    return [
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/me", me, methods=["GET"]),
+        Route("/api/keys", keys, methods=["GET", "POST"]),
+        Route("/api/keys/{name}", revoke_key, methods=["DELETE"]),
+        Route("/api/users", users, methods=["GET", "POST"]),
+        Route("/api/users/{name}", delete_user, methods=["DELETE"]),
+    ]
