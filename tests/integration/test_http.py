@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
@@ -291,3 +292,57 @@ def test_web_users_sessions_roles_and_csrf(headwater: RunningHeadwater) -> None:
     assert admin.get("/api/me").status_code == 401
     for client in (viewer, analyst, admin):
         client.close()
+
+
+def test_saved_insights_dashboards_and_share_links(headwater: RunningHeadwater) -> None:
+    user = unique("board")
+    now = datetime.now(UTC)
+    body = "\n".join(
+        f'{{"event":"{e}","userId":"{user}","timestamp":"{(now - timedelta(seconds=3 - i)).isoformat()}"}}'
+        for i, e in enumerate(("S1", "S2", "S3"))
+    )
+    assert headwater.post("/track", body, headwater.keys["write"]).json()["accepted"] == 3
+    headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}'", [[3]])
+    analyst = {"Authorization": f"Bearer {headwater.keys['read']}"}
+    api = headwater.url + "/api"
+    mine = [{"property": "user_id", "value": user}]
+    funnel = {"kind": "funnel", "steps": [{"event": "S1"}, {"event": "S2"}, {"event": "S3"}], "filters": mine,
+              "date_from": "2020-01-01T00:00:00Z", "date_to": "2020-01-02T00:00:00Z"}  # fmt: skip
+    saved = httpx.post(api + "/saved-insights", json={"name": "Signup funnel", "query": funnel}, headers=analyst)
+    assert saved.status_code == 201, saved.text
+    bad = httpx.post(api + "/saved-insights", json={"name": "x", "query": {"kind": "funnel"}}, headers=analyst)
+    assert bad.status_code == 400 and "steps" in bad.json()["error"]
+    board = {
+        "name": "Growth",
+        "tiles": [{"insight_id": saved.json()["id"], "w": 12}],
+        "last_days": 2,
+        "refresh_seconds": 30,
+    }
+    created = httpx.post(api + "/dashboards", json=board, headers=analyst)
+    assert created.status_code == 201, created.text
+    board_id = created.json()["id"]
+    missing = httpx.post(api + "/dashboards", json={"name": "x", "tiles": [{"insight_id": 999999}]}, headers=analyst)
+    assert missing.status_code == 404
+    # the shared range (last 2 days) replaces the saved 2020 range, so today's events count
+    shown = httpx.get(f"{api}/dashboards/{board_id}", headers=analyst).json()
+    assert [s["count"] for s in shown["tiles"][0]["result"][0]["steps"]] == [1, 1, 1]
+    link = httpx.post(f"{api}/dashboards/{board_id}/shares", headers=analyst).json()
+    public = httpx.get(headwater.url + link["api"])  # no credentials at all
+    assert public.status_code == 200 and "frame-ancestors" in public.headers["content-security-policy"]
+    assert public.json()["tiles"][0]["result"] == shown["tiles"][0]["result"]
+    assert "sql" not in public.json()["tiles"][0]
+    prefix = httpx.get(f"{api}/dashboards/{board_id}/shares", headers=analyst).json()[0]["prefix"]
+    assert httpx.delete(f"{api}/dashboards/{board_id}/shares/{prefix}", headers=analyst).status_code == 200
+    assert httpx.get(headwater.url + link["api"]).status_code == 404
+    assert httpx.get(headwater.url + "/api/shared/guessed-token").status_code == 404
+    # viewers read boards but cannot change them
+    admin = {"Authorization": f"Bearer {headwater.keys['admin']}"}
+    viewer_user = {"name": unique("viewer"), "role": "viewer", "password": "viewer-password-1"}
+    assert httpx.post(api + "/users", json=viewer_user, headers=admin).status_code == 201
+    viewer = httpx.Client(base_url=headwater.url)
+    csrf = viewer.post("/api/login", json={"name": viewer_user["name"], "password": viewer_user["password"]}).json()[
+        "csrf"
+    ]
+    assert viewer.get(f"/api/dashboards/{board_id}").status_code == 200
+    assert viewer.post("/api/dashboards", json=board, headers={"x-csrf-token": csrf}).status_code == 403
+    viewer.close()

@@ -25,9 +25,11 @@ from starlette.routing import Route
 
 from headwater import __version__
 from headwater.api.accounts import account_routes
+from headwater.api.boards import board_routes
 from headwater.api.principal import authenticate
 from headwater.auth.keys import KeyStore
 from headwater.auth.users import UserStore
+from headwater.boards.store import BoardStore
 from headwater.collector.parsing import Limits
 from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp
 from headwater.core.errors import AuthError, QueryError
@@ -81,6 +83,7 @@ class Services:
         self.query = QueryEngine(settings)
         self.insights = InsightEngine(self.query)
         self.live = LiveTail(self.log)
+        self.boards = BoardStore(settings.data_dir / "app.db")
         self.started = time.time()
 
     def check_pressure(self) -> None:
@@ -99,6 +102,7 @@ class Services:
         self.admin.close()
         self.query.close()
         self.live.close()
+        self.boards.close()
         self.keys.close()
         self.users.close()
 
@@ -283,7 +287,7 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/api/live/stream", live_stream, methods=["GET"]),
     ]
     ingest_routes = [Route(path, _method_not_allowed, methods=["GET"]) for path in INGEST_PATHS]
-    routes += account_routes(svc)
+    routes += account_routes(svc) + board_routes(svc)
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
     ingest = IngestApp(starlette, origins)
     return ingest

@@ -1,0 +1,1 @@
+"""Saved insights, dashboards and read-only share links."""
