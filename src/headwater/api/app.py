@@ -1,4 +1,4 @@
-"""Builds the Starlette app that `headwater up` / `headwater collector` serve."""
+"""Builds the ASGI app that `headwater up` / `headwater server` serve."""
 
 from __future__ import annotations
 
