@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test lint format bench clean
+.PHONY: install up test lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -16,7 +16,16 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen --quiet
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with .venv/bin/headwater (idempotent)
+ECHARTS := src/headwater/web/static/vendor/echarts.min.js
+$(ECHARTS): web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --silent
+	mkdir -p $(dir $@)
+	cp web/node_modules/echarts/dist/echarts.min.js $@
+
+install: $(VENV)/.installed $(ECHARTS)  ## .venv with .venv/bin/headwater, and the web app's chart library (idempotent)
+
+browser:  ## Debian's chromium for the browser tests (apt, as root), when missing
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 up: install  ## start everything on embedded defaults, with demo traffic
 	$(VENV)/bin/headwater up --demo
@@ -26,8 +35,11 @@ lint: install  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-test: lint  ## the whole suite
+test: lint browser  ## the whole suite
 	$(VENV)/bin/pytest
+
+screenshots: install browser  ## refresh docs/screenshots/ from the browser tests
+	HEADWATER_SCREENSHOTS=1 $(VENV)/bin/pytest tests/browser -q
 
 format: install
 	$(VENV)/bin/ruff format src tests bench

@@ -21,7 +21,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from headwater import __version__
 from headwater.api.accounts import account_routes
@@ -39,6 +39,7 @@ from headwater.lake.writer import GROUP as LAKE_GROUP
 from headwater.live.tail import LiveTail
 from headwater.log.sqlite import SqliteAdmin, SqliteLog
 from headwater.query.engine import QueryEngine
+from headwater.web.routes import web_routes
 
 log = logging.getLogger(__name__)
 LIVE_STREAM_SECONDS = 30.0
@@ -278,7 +279,7 @@ def build_app(settings: Settings) -> IngestApp:
             max_age=86400,
         )
     ]
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/api/query", query, methods=["POST"]),
@@ -286,8 +287,8 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/api/live", live, methods=["GET"]),
         Route("/api/live/stream", live_stream, methods=["GET"]),
     ]
-    ingest_routes = [Route(path, _method_not_allowed, methods=["GET"]) for path in INGEST_PATHS]
-    routes += account_routes(svc) + board_routes(svc)
+    ingest_routes: list[BaseRoute] = [Route(p, _method_not_allowed, methods=["GET"]) for p in INGEST_PATHS]
+    routes += account_routes(svc) + board_routes(svc) + web_routes()
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
     ingest = IngestApp(starlette, origins)
     return ingest

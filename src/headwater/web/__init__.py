@@ -1,0 +1,1 @@
+"""The browser app: static pages served by `headwater up` at `/`, talking to the JSON API."""

@@ -1,0 +1,158 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against `headwater up`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from headwater.auth.users import UserStore
+from tests.helpers import ROOT, RunningHeadwater, child_env, make_keys
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+PASSWORD = "analyst-password-1"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
+    data_dir = tmp_path_factory.mktemp("web")
+    keys = make_keys(data_dir)
+    users = UserStore(data_dir / "users.db")
+    users.create("ana", "analyst", PASSWORD)
+    users.create("vic", "viewer", PASSWORD)
+    users.close()
+    running = RunningHeadwater(data_dir, child_env(data_dir, flush_interval_ms=200), keys=keys).start()
+    now = datetime.now(UTC)
+    lines = []
+    for person, steps in (("u-full", ["Signed Up", "Activated", "Paid"]), ("u-half", ["Signed Up", "Activated"]),
+                          ("u-start", ["Signed Up"])):  # fmt: skip
+        for i, event in enumerate(steps):
+            when = (now - timedelta(hours=3) + timedelta(minutes=10 * i)).isoformat()
+            lines.append(f'{{"event":"{event}","userId":"{person}","timestamp":"{when}","plan":"pro"}}')
+    assert running.post("/track", "\n".join(lines), keys["write"]).json()["accepted"] == 6
+    running.wait_rows("SELECT count(*) FROM events", [[6]])
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def sign_in(page: Page, url: str, name: str) -> None:
+    page.goto(url + "/")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("#who")).to_contain_text(name)
+
+
+def shot(page: Page, name: str) -> None:
+    """Screenshots for docs/ when HEADWATER_SCREENSHOTS=1 (`make screenshots`); a render check otherwise."""
+    png = page.screenshot(full_page=True)
+    assert len(png) > 10_000  # a blank page compresses to almost nothing
+    if os.environ.get("HEADWATER_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / f"{name}.png").write_bytes(png)
+
+
+def test_analyst_journey_live_funnel_dashboard_share(app: RunningHeadwater, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    sign_in(page, app.url, "ana")
+
+    # live events: a freshly posted event shows up within seconds
+    marker = f"live-{uuid.uuid4().hex[:8]}"
+    expect(page.locator("table#live")).to_be_visible()
+    app.post("/track", f'{{"event":"Clicked","userId":"{marker}","button":"buy"}}', app.keys["write"])
+    expect(page.locator("table#live")).to_contain_text(marker, timeout=10_000)
+    shot(page, "live-events")
+
+    # a dashboard to save into
+    page.goto(app.url + "/#/dashboards")
+    page.fill("input[name=board-name]", "Growth")
+    page.click("text=Create")
+    expect(page.locator("#share")).to_be_visible()
+
+    # build a funnel and check the numbers
+    page.goto(app.url + "/#/insights")
+    page.select_option("select[name=kind]", "funnel")
+    page.fill("input[name=events]", "Signed Up, Activated, Paid")
+    page.click("#run")
+    result = page.locator("#result table")
+    expect(result).to_contain_text("Signed Up")
+    rows = result.locator("tbody tr")
+    expect(rows.nth(0).locator("td").nth(2)).to_have_text("3")
+    expect(rows.nth(1).locator("td").nth(2)).to_have_text("2")
+    expect(rows.nth(2).locator("td").nth(2)).to_have_text("1")
+    expect(rows.nth(2).locator("td").nth(3)).to_have_text("33.3%")
+    shot(page, "insight-funnel")
+    page.fill("input[name=save-name]", "Signup funnel")
+    page.select_option("select[name=dashboard]", label="Growth")
+    page.click("#save")
+    expect(page.locator(".error")).to_contain_text("added to the dashboard")
+
+    # the dashboard shows the saved funnel; share it
+    page.goto(app.url + "/#/dashboards")
+    page.click("text=Growth")
+    expect(page.locator("main")).to_contain_text("Signup funnel")
+    page.click("#share")
+    link = page.locator("#share-link").get_attribute("href")
+    assert link and link.startswith("/share/")
+    shot(page, "dashboard")
+
+    # SQL editor
+    page.goto(app.url + "/#/sql")
+    page.click("text=Run")
+    expect(page.locator("main table")).to_contain_text("Signed Up")
+    shot(page, "sql")
+
+    # the share link works signed out
+    anonymous = browser.new_context(viewport={"width": 1280, "height": 900})
+    public = anonymous.new_page()
+    public.goto(app.url + link)
+    expect(public.locator("main")).to_contain_text("Growth")
+    expect(public.locator("main")).to_contain_text("shared view")
+    expect(public.locator("main table tbody tr").nth(2).locator("td").nth(2)).to_have_text("1")
+    shot(public, "share-link")
+    anonymous.close()
+    context.close()
+
+
+def test_viewer_cannot_use_sql_or_keys(app: RunningHeadwater, browser: Browser) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, app.url, "vic")
+    expect(page.locator("#nav a[href='#/sql']")).to_be_hidden()
+    expect(page.locator("#nav a[href='#/keys']")).to_be_hidden()
+    page.goto(app.url + "/#/keys")
+    expect(page.locator("main")).to_contain_text("may not manage")
+    context.close()
+
+
+def test_signed_out_visitor_gets_the_sign_in_form(app: RunningHeadwater, browser: Browser) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(app.url + "/#/sql")
+    expect(page.locator("form.login")).to_be_visible()
+    page.fill("input[name=name]", "ana")
+    page.fill("input[name=password]", "wrong-password")
+    page.click("button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("wrong user name or password")
+    context.close()
