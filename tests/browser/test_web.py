@@ -112,10 +112,23 @@ def test_analyst_journey_live_funnel_dashboard_share(app: RunningHeadwater, brow
     page.goto(app.url + "/#/dashboards")
     page.click("text=Growth")
     expect(page.locator("main")).to_contain_text("Signup funnel")
+    # a real-time widget beside the historical one
+    page.fill("input[name=live-event]", "Clicked")
+    page.click("#add-live")
+    tick = f"tick-{uuid.uuid4().hex[:8]}"
+    app.post("/track", f'{{"event":"Clicked","userId":"{tick}"}}', app.keys["write"])
+    expect(page.locator("table.live-tile")).to_contain_text(tick, timeout=10_000)
     page.click("#share")
     link = page.locator("#share-link").get_attribute("href")
     assert link and link.startswith("/share/")
     shot(page, "dashboard")
+
+    # one person's timeline
+    page.goto(app.url + "/#/insights")
+    page.select_option("select[name=kind]", "timeline")
+    page.fill("input[name=person]", "u-full")
+    page.click("#run")
+    expect(page.locator("#result table")).to_contain_text("Paid")
 
     # SQL editor
     page.goto(app.url + "/#/sql")
@@ -129,7 +142,9 @@ def test_analyst_journey_live_funnel_dashboard_share(app: RunningHeadwater, brow
     public.goto(app.url + link)
     expect(public.locator("main")).to_contain_text("Growth")
     expect(public.locator("main")).to_contain_text("shared view")
-    expect(public.locator("main table tbody tr").nth(2).locator("td").nth(2)).to_have_text("1")
+    funnel_rows = public.locator(".tile", has_text="Signup funnel").locator("tbody tr")
+    expect(funnel_rows.nth(2).locator("td").nth(2)).to_have_text("1")
+    expect(public.locator("table.live-tile")).to_contain_text(tick, timeout=10_000)
     shot(public, "share-link")
     anonymous.close()
     context.close()

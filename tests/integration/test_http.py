@@ -335,6 +335,18 @@ def test_saved_insights_dashboards_and_share_links(headwater: RunningHeadwater) 
     assert httpx.delete(f"{api}/dashboards/{board_id}/shares/{prefix}", headers=analyst).status_code == 200
     assert httpx.get(headwater.url + link["api"]).status_code == 404
     assert httpx.get(headwater.url + "/api/shared/guessed-token").status_code == 404
+    neither = httpx.post(api + "/dashboards", json={"name": "x", "tiles": [{"w": 3}]}, headers=analyst)
+    assert neither.status_code == 400 and "insight_id or live" in neither.json()["error"]
+    live_board = {"name": "Live", "tiles": [{"live": {"event": "S2", "limit": 5}}, {"insight_id": saved.json()["id"]}]}
+    live_id = httpx.post(api + "/dashboards", json=live_board, headers=analyst).json()["id"]
+    token = httpx.post(f"{api}/dashboards/{live_id}/shares", headers=analyst).json()["token"]
+    feed = httpx.get(f"{headwater.url}/api/shared/{token}/live/0").json()["events"]
+    assert (
+        feed
+        and all(e["event"] == "S2" for e in feed)
+        and set(feed[0]) <= {"received_at", "event", "user_id", "anonymous_id", "properties"}
+    )
+    assert httpx.get(f"{headwater.url}/api/shared/{token}/live/1").status_code == 404  # not a live tile
     # viewers read boards but cannot change them
     admin = {"Authorization": f"Bearer {headwater.keys['admin']}"}
     viewer_user = {"name": unique("viewer"), "role": "viewer", "password": "viewer-password-1"}

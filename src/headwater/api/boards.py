@@ -117,7 +117,24 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
             tile.pop("sql", None)  # viewers of a link see results, not the queries
         return _json(board, headers={"content-security-policy": "frame-ancestors *", "cache-control": "no-store"})
 
+    async def shared_live(request: Request) -> Response:
+        """The newest events of one live tile of a shared dashboard (what the tile shows, nothing more)."""
+        s = services()
+        dashboard_id = s.boards.shared_dashboard(request.path_params["token"])
+        index = request.path_params["tile"]
+        if dashboard_id is None or not str(index).isdigit():
+            return _json({"success": False, "error": "this share link does not exist or was revoked"}, 404)
+        tiles = s.boards.dashboard(dashboard_id)["tiles"]
+        if int(index) >= len(tiles) or not tiles[int(index)].get("live"):
+            return _json({"success": False, "error": f"tile {index} is not a live tile"}, 404)
+        live = tiles[int(index)]["live"]
+        page = await run_in_threadpool(s.live.read, None, live["limit"], live["event"], None, None, False)
+        keep = ("received_at", "event", "user_id", "anonymous_id", "properties")
+        rows = [{k: row.get(k) for k in keep} for row in page["events"]]
+        return _json({"events": rows}, headers={"cache-control": "no-store"})
+
     return [
+        Route("/api/shared/{token}/live/{tile}", shared_live, methods=["GET"]),
         Route("/api/saved-insights", guarded(saved_insights), methods=["GET", "POST"]),
         Route("/api/saved-insights/{id}", guarded(saved_insight), methods=["GET", "PUT", "DELETE"]),
         Route("/api/dashboards", guarded(dashboards), methods=["GET", "POST"]),

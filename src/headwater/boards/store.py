@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from headwater.core.errors import QueryError
 from headwater.insights.engine import parse
@@ -42,13 +42,31 @@ class BoardError(QueryError):
     """A saved insight or dashboard request is invalid or names something missing."""
 
 
-class Tile(BaseModel):
+class LiveTile(BaseModel):
+    """A real-time widget: the newest events, optionally of one event name."""
+
     model_config = ConfigDict(extra="forbid")
-    insight_id: int
+    title: str = Field("Live events", min_length=1, max_length=100)
+    event: str | None = None
+    limit: int = Field(20, ge=1, le=200)
+
+
+class Tile(BaseModel):
+    """A saved insight (historical) or a live event feed (real-time) on the grid."""
+
+    model_config = ConfigDict(extra="forbid")
+    insight_id: int | None = None
+    live: LiveTile | None = None
     x: int = Field(0, ge=0, le=11)
     y: int = Field(0, ge=0, le=1000)
     w: int = Field(6, ge=1, le=12)
     h: int = Field(4, ge=1, le=40)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Tile:
+        if (self.insight_id is None) == (self.live is None):
+            raise ValueError("a tile has either insight_id or live")
+        return self
 
 
 class DashboardBody(BaseModel):
@@ -134,7 +152,8 @@ class BoardStore:
         except ValidationError as exc:
             raise BoardError(_errors(exc)) from None
         for tile in parsed.tiles:
-            self.insight(tile.insight_id)  # must exist
+            if tile.insight_id is not None:
+                self.insight(tile.insight_id)  # must exist
         now = int(time.time() * 1000)
         text = parsed.model_dump_json()
         with self._lock:

@@ -136,13 +136,45 @@ function live() {
 const DAY = 86400000;
 const isoDay = (t) => new Date(t).toISOString().slice(0, 10);
 
+function parseFilters(text) {
+  // "plan=pro, country!=FR" -> insight filters
+  return text.split(",").map((s) => s.trim()).filter(Boolean).map((part) => {
+    const m = part.match(/^([^!=<>]+?)\s*(!=|>=|<=|=|>|<)\s*(.*)$/);
+    if (!m) throw new Error(`filter "${part}": write property=value (or !=, >, >=, <, <=)`);
+    const op = { "=": "eq", "!=": "neq", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte" }[m[2]];
+    const value = ["gt", "gte", "lt", "lte"].includes(op) ? Number(m[3]) : m[3];
+    return { property: m[1].trim(), op, value };
+  });
+}
+
 function insights() {
-  const kind = h("select", { name: "kind" }, ["funnel", "trend", "retention", "journey"].map((k) => h("option", { value: k }, k)));
-  const events = h("input", { name: "events", placeholder: "comma-separated events, e.g. Signed Up, Activated", size: 50 });
+  const field = (label, input, kinds) => { const el = h("label", { "data-kinds": kinds }, label, input); return el; };
+  const kind = h("select", { name: "kind" }, ["funnel", "trend", "retention", "journey", "experiment", "timeline"].map((k) => h("option", { value: k }, k)));
+  const events = h("input", { name: "events", placeholder: "comma-separated events, e.g. Signed Up, Activated", size: 45 });
+  const person = h("input", { name: "person", placeholder: "user or anonymous id" });
   const from = h("input", { name: "from", type: "date", value: isoDay(Date.now() - 30 * DAY) });
   const to = h("input", { name: "to", type: "date", value: isoDay(Date.now() + DAY) });
   const windowDays = h("input", { name: "window", type: "number", value: 14, min: 1, style: "width:6em" });
+  const order = h("select", { name: "order" }, ["ordered", "strict", "any"].map((o) => h("option", { value: o }, o)));
+  const exclude = h("input", { name: "exclude", placeholder: "event to exclude (optional)" });
+  const measure = h("select", { name: "measure" }, ["count", "users", "sum", "avg", "p50", "p90", "p95", "p99"].map((m) => h("option", { value: m }, m)));
+  const property = h("input", { name: "property", placeholder: "numeric property for sum/avg/pXX" });
+  const interval = h("select", { name: "interval" }, ["day", "hour", "week", "month"].map((m) => h("option", { value: m }, m)));
+  const compare = h("input", { name: "compare", type: "checkbox" });
+  const period = h("select", { name: "period" }, ["week", "day", "month"].map((m) => h("option", { value: m }, m)));
+  const variant = h("input", { name: "variant", placeholder: "variant property, e.g. variant" });
   const breakdown = h("input", { name: "breakdown", placeholder: "property (optional)" });
+  const filters = h("input", { name: "filters", placeholder: "plan=pro, country!=FR", size: 30 });
+  const fields = [
+    field("Insight", kind, "*"), field("Events / steps", events, "funnel trend retention journey experiment"), field("User", person, "timeline"),
+    field("From", from, "funnel trend retention journey experiment"), field("To", to, "funnel trend retention journey experiment"),
+    field("Window (days)", windowDays, "funnel experiment"), field("Order", order, "funnel"), field("Exclude", exclude, "funnel"),
+    field("Measure", measure, "trend"), field("Property", property, "trend"), field("Interval", interval, "trend"), field("Compare with previous period", compare, "trend"),
+    field("Period", period, "retention"), field("Variant property", variant, "experiment"),
+    field("Breakdown", breakdown, "funnel trend"), field("Filters", filters, "funnel trend retention"),
+  ];
+  const showFields = () => fields.forEach((f) => { f.style.display = f.dataset.kinds === "*" || f.dataset.kinds.split(" ").includes(kind.value) ? "" : "none"; });
+  kind.addEventListener("change", showFields);
   const out = h("div", { id: "result" });
   const sql = h("pre", { class: "sql" });
   const error = h("div", { class: "error" });
@@ -150,12 +182,17 @@ function insights() {
   const boards = h("select", { name: "dashboard" });
   let lastQuery = null;
   const build = () => {
-    const list = events.value.split(",").map((s) => s.trim()).filter(Boolean);
+    const list = events.value.split(",").map((x) => x.trim()).filter(Boolean);
     const range = { date_from: from.value + "T00:00:00Z", date_to: to.value + "T00:00:00Z" };
     const k = kind.value;
-    if (k === "funnel") return { kind: k, steps: list.map((event) => ({ event })), window_seconds: windowDays.value * 86400, breakdown: breakdown.value || undefined, ...range };
-    if (k === "trend") return { kind: k, series: list.map((event) => ({ event })), interval: "day", breakdown: breakdown.value || undefined, ...range };
-    if (k === "retention") return { kind: k, start_event: list[0], return_event: list[1] || list[0], period: "week", periods: 8, ...range };
+    const common = { filters: parseFilters(filters.value) };
+    if (k === "funnel") return { kind: k, steps: list.map((event) => ({ event })), window_seconds: windowDays.value * 86400, order: order.value,
+      exclusions: exclude.value ? [{ event: exclude.value.trim() }] : [], breakdown: breakdown.value || undefined, ...common, ...range };
+    if (k === "trend") return { kind: k, series: list.map((event) => ({ event, measure: measure.value, property: property.value || undefined })),
+      interval: interval.value, compare: compare.checked, breakdown: breakdown.value || undefined, ...common, ...range };
+    if (k === "retention") return { kind: k, start_event: list[0], return_event: list[1] || list[0], period: period.value, periods: 8, ...common, ...range };
+    if (k === "experiment") return { kind: k, exposure_event: list[0], goal_event: list[1] || list[0], variant_property: variant.value, window_seconds: windowDays.value * 86400, ...range };
+    if (k === "timeline") return { kind: k, person: person.value, limit: 200 };
     return { kind: k, event: list[0], depth: 4, ...range };
   };
   const run = async () => {
@@ -173,21 +210,25 @@ function insights() {
       const saved = await api("/api/saved-insights", { method: "POST", body: { name: name.value || "Untitled", query: lastQuery || build() } });
       if (boards.value) {
         const board = await api("/api/dashboards/" + boards.value);
-        const tiles = board.tiles.map(({ insight_id, x, y, w, h }) => ({ insight_id, x, y, w, h }));
+        const tiles = boardTiles(board);
         tiles.push({ insight_id: saved.id, x: 0, y: tiles.length * 4, w: 12, h: 4 });
-        await api("/api/dashboards/" + boards.value, { method: "PUT", body: { name: board.name, tiles, last_days: board.last_days, filters: board.filters, refresh_seconds: board.refresh_seconds } });
+        await saveBoard(board, { tiles });
       }
       error.textContent = `saved as insight ${saved.id}` + (boards.value ? " and added to the dashboard" : "");
     } catch (err) { error.textContent = err.message; }
   };
   api("/api/dashboards").then((list) => boards.replaceChildren(h("option", { value: "" }, "— no dashboard —"), ...list.map((b) => h("option", { value: b.id }, b.name)))).catch(() => {});
-  view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Insight builder"),
-    h("label", {}, "Insight", kind), h("label", {}, "Events / steps", events), h("label", {}, "From", from), h("label", {}, "To", to),
-    h("label", {}, "Window (days)", windowDays), h("label", {}, "Breakdown", breakdown),
+  view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Insight builder"), ...fields,
     h("div", {}, h("button", { id: "run", onclick: run }, "Run")), error),
     h("div", { class: "card" }, out, h("details", {}, h("summary", {}, "SQL"), sql)),
     h("div", { class: "card" }, h("h2", {}, "Save"), h("label", {}, "Name", name), h("label", {}, "Add to dashboard", boards), h("div", {}, h("button", { id: "save", onclick: save }, "Save insight"))));
+  showFields();
 }
+
+// a dashboard as the API accepts it back (GET adds results and names)
+const boardTiles = (board) => board.tiles.map(({ insight_id, live, x, y, w, h }) => (live ? { live, x, y, w, h } : { insight_id, x, y, w, h }));
+const saveBoard = (board, changes) => api("/api/dashboards/" + board.id, { method: "PUT",
+  body: { name: board.name, tiles: boardTiles(board), last_days: board.last_days, filters: board.filters, refresh_seconds: board.refresh_seconds, ...changes } });
 
 function sqlPage() {
   const text = h("textarea", { name: "sql" }, "SELECT event, count(*) AS events, count(DISTINCT user_id) AS users\nFROM events GROUP BY event ORDER BY events DESC");
@@ -234,28 +275,63 @@ async function dashboards() {
   await load();
 }
 
-function renderBoard(board, shared) {
+function renderBoard(board, shared, token) {
   const grid = h("div", { class: "grid" });
-  for (const tile of board.tiles) {
+  board.tiles.forEach((tile, index) => {
     const body = h("div");
-    grid.append(h("div", { class: "card", style: `grid-column: span ${tile.w}` }, h("h2", {}, tile.name), tile.error ? h("div", { class: "error" }, tile.error) : body));
-    if (!tile.error) renderResult(body, tile.kind, tile.result);
-  }
+    grid.append(h("div", { class: "card tile", style: `grid-column: span ${tile.w}` }, h("h2", {}, tile.name), tile.error ? h("div", { class: "error" }, tile.error) : body));
+    if (tile.kind === "live") {
+      const feed = h("tbody");
+      body.append(h("table", { class: "live-tile" }, h("thead", {}, h("tr", {}, ["received", "event", "user"].map((c) => h("th", {}, c)))), feed));
+      const poll = async () => {
+        const url = shared ? `/api/shared/${token}/live/${index}` : `/api/live?rejected=false&limit=${tile.live.limit}` + (tile.live.event ? "&event=" + encodeURIComponent(tile.live.event) : "");
+        const page = shared ? await (await fetch(url)).json() : await api(url);
+        feed.replaceChildren(...(page.events || []).map((e) => h("tr", {}, h("td", {}, (e.received_at || "").replace("T", " ").slice(0, 19)), h("td", {}, e.event), h("td", {}, e.user_id ?? e.anonymous_id ?? ""))));
+      };
+      poll().catch(() => {});
+      timers.push(setInterval(() => poll().catch(() => {}), 2000));
+    } else if (!tile.error) renderResult(body, tile.kind, tile.result);
+  });
   return h("div", {}, h("h2", {}, board.name, h("span", { class: "muted" }, board.last_days ? `  · last ${board.last_days} days` : "", shared ? "  · shared view" : "")), grid);
 }
 
 async function dashboard(id) {
   const area = h("div");
   const links = h("div", { class: "muted" });
-  const draw = async () => area.replaceChildren(renderBoard(await api("/api/dashboards/" + id), false));
+  const error = h("div", { class: "error" });
+  let board = await api("/api/dashboards/" + id);
+  const days = h("input", { name: "board-days", type: "number", min: 1, value: board.last_days ?? "", style: "width:6em" });
+  const filters = h("input", { name: "board-filters", placeholder: "plan=pro", value: (board.filters || []).map((f) => `${f.property}${{ eq: "=", neq: "!=", gt: ">", gte: ">=", lt: "<", lte: "<=" }[f.op] || "="}${f.value}`).join(", ") });
+  const liveEvent = h("input", { name: "live-event", placeholder: "event (optional)" });
+  const draw = async () => {
+    timers.forEach(clearInterval);
+    timers = [];
+    board = await api("/api/dashboards/" + id);
+    area.replaceChildren(renderBoard(board, false));
+    if (board.refresh_seconds) timers.push(setTimeout(draw, board.refresh_seconds * 1000));
+  };
+  const apply = async () => {
+    try { await saveBoard(board, { last_days: days.value ? Number(days.value) : null, filters: parseFilters(filters.value) }); await draw(); }
+    catch (err) { error.textContent = err.message; }
+  };
+  const addLive = async () => {
+    try {
+      const tiles = boardTiles(board);
+      tiles.push({ live: { title: liveEvent.value ? `Live: ${liveEvent.value}` : "Live events", event: liveEvent.value || null, limit: 10 }, x: 0, y: 0, w: 6, h: 4 });
+      await saveBoard(board, { tiles });
+      await draw();
+    } catch (err) { error.textContent = err.message; }
+  };
   const share = async () => {
     const link = await api(`/api/dashboards/${id}/shares`, { method: "POST" });
     links.replaceChildren("Share link: ", h("a", { id: "share-link", href: link.url }, location.origin + link.url));
   };
-  view.replaceChildren(h("div", { class: "card" }, me.permissions.includes("analyze") ? h("button", { id: "share", onclick: share }, "Create share link") : "", links), area);
+  const editable = me.permissions.includes("analyze");
+  view.replaceChildren(h("div", { class: "card" },
+    editable ? h("div", {}, h("label", {}, "Last days (shared range)", days), h("label", {}, "Shared filters", filters), h("button", { class: "ghost", onclick: apply }, "Apply"), " ",
+      h("label", {}, "Live widget event", liveEvent), h("button", { id: "add-live", class: "ghost", onclick: addLive }, "Add live widget"), " ",
+      h("button", { id: "share", onclick: share }, "Create share link")) : "", links, error), area);
   await draw();
-  const board = await api("/api/dashboards/" + id);
-  if (board.refresh_seconds) timers.push(setInterval(draw, board.refresh_seconds * 1000));
 }
 
 async function catalog() {
@@ -288,7 +364,7 @@ async function sharePage(token) {
   const response = await fetch("/api/shared/" + token);
   const board = await response.json();
   if (!response.ok) { view.replaceChildren(h("div", { class: "card error" }, board.error)); return; }
-  view.replaceChildren(renderBoard(board, true));
+  view.replaceChildren(renderBoard(board, true, token));
 }
 
 // ---------- routing
