@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -170,4 +171,34 @@ def test_signed_out_visitor_gets_the_sign_in_form(app: RunningHeadwater, browser
     page.fill("input[name=password]", "wrong-password")
     page.click("button[type=submit]")
     expect(page.locator(".error")).to_contain_text("wrong user name or password")
+    context.close()
+
+
+def test_admin_manages_keys_users_and_revokes_share_links(app: RunningHeadwater, browser: Browser) -> None:
+    admin_key = {"Authorization": f"Bearer {app.keys['admin']}"}
+    assert httpx.post(app.url + "/api/users", json={"name": "root", "role": "admin", "password": PASSWORD},
+                      headers=admin_key).status_code == 201  # fmt: skip
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, app.url, "root")
+    page.goto(app.url + "/#/keys")
+    page.fill("input[name=key-name]", "website")
+    page.click("text=Create key")
+    expect(page.locator("main")).to_contain_text("New write key (shown once): hw_w_")
+    page.fill("input[name=user-name]", "newbie")
+    page.fill("input[name=user-password]", "newbie-password-1")
+    page.click("#add-user")
+    expect(page.locator("main")).to_contain_text("created viewer newbie")
+    page.goto(app.url + "/#/dashboards")
+    page.fill("input[name=board-name]", "Ops")
+    page.click("text=Create")
+    page.click("#share")
+    link = page.locator("#share-link").get_attribute("href")
+    page.click("button.revoke")
+    expect(page.locator("#share-link")).to_have_count(0)
+    anonymous = browser.new_context()
+    public = anonymous.new_page()
+    public.goto(app.url + str(link))
+    expect(public.locator("main")).to_contain_text("revoked")
+    anonymous.close()
     context.close()

@@ -322,10 +322,16 @@ async function dashboard(id) {
       await draw();
     } catch (err) { error.textContent = err.message; }
   };
+  const listShares = async () => {
+    const shares = await api(`/api/dashboards/${id}/shares`);
+    return shares.map((sh) => h("div", {}, `link ${sh.prefix}… by ${sh.created_by} `,
+      h("button", { class: "ghost revoke", onclick: async () => { await api(`/api/dashboards/${id}/shares/${sh.prefix}`, { method: "DELETE" }); links.replaceChildren(...(await listShares())); } }, "Revoke")));
+  };
   const share = async () => {
     const link = await api(`/api/dashboards/${id}/shares`, { method: "POST" });
-    links.replaceChildren("Share link: ", h("a", { id: "share-link", href: link.url }, location.origin + link.url));
+    links.replaceChildren("Share link: ", h("a", { id: "share-link", href: link.url }, location.origin + link.url), ...(await listShares()));
   };
+  if (me.permissions.includes("analyze")) listShares().then((rows) => links.replaceChildren(...rows)).catch(() => {});
   const editable = me.permissions.includes("analyze");
   view.replaceChildren(h("div", { class: "card" },
     editable ? h("div", {}, h("label", {}, "Last days (shared range)", days), h("label", {}, "Shared filters", filters), h("button", { class: "ghost", onclick: apply }, "Apply"), " ",
@@ -355,8 +361,24 @@ async function keys() {
       load();
     } catch (err) { shown.textContent = err.message; }
   };
-  view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Sources & keys"), h("label", {}, "Name", name), h("label", {}, "Role", role), h("button", { onclick: create }, "Create key"), shown), h("div", { class: "card" }, out));
+  const userName = h("input", { name: "user-name" });
+  const userRole = h("select", { name: "user-role" }, ["viewer", "analyst", "admin"].map((r) => h("option", { value: r }, r)));
+  const userPassword = h("input", { name: "user-password", type: "password", placeholder: "at least 10 characters" });
+  const users = h("div");
+  const userMessage = h("div", { class: "muted" });
+  const loadUsers = async () => users.replaceChildren(table(["user", "role", ""], (await api("/api/users")).map((u) => [u.name, u.role,
+    u.name === me.user ? "" : h("button", { class: "ghost", onclick: async () => { await api("/api/users/" + encodeURIComponent(u.name), { method: "DELETE" }); loadUsers(); } }, "Delete")])));
+  const addUser = async () => {
+    try {
+      await api("/api/users", { method: "POST", body: { name: userName.value, role: userRole.value, password: userPassword.value } });
+      userMessage.textContent = `created ${userRole.value} ${userName.value}`;
+      loadUsers();
+    } catch (err) { userMessage.textContent = err.message; }
+  };
+  view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Sources & keys"), h("label", {}, "Name", name), h("label", {}, "Role", role), h("button", { onclick: create }, "Create key"), shown), h("div", { class: "card" }, out),
+    h("div", { class: "card" }, h("h2", {}, "Users"), h("label", {}, "Name", userName), h("label", {}, "Role", userRole), h("label", {}, "Password", userPassword), h("button", { id: "add-user", onclick: addUser }, "Add user"), userMessage, users));
   await load();
+  await loadUsers();
 }
 
 async function sharePage(token) {
