@@ -230,30 +230,32 @@ def build_app(settings: Settings) -> IngestApp:
             "include_rejected": params.get("rejected", "true").lower() != "false",
         }
 
-    async def live(request: Request) -> Response:
-        s = svc()
+    async def live_page(request: Request, cursor: str | None, limit: int | None = None) -> dict[str, Any] | Response:
+        """A page of the live tail for an allowed caller, or the error response to send."""
         refused = allowed(request, "view")
         if refused is not None:
             return refused
         try:
             args = live_args(request)
-            page = await run_in_threadpool(s.live.read, request.query_params.get("cursor"), **args)
+            if limit is not None:
+                args["limit"] = limit
+            page: dict[str, Any] = await run_in_threadpool(svc().live.read, cursor, **args)
         except ValueError as exc:
             return error_response(str(exc), 400)
-        return Response(orjson.dumps(page), media_type="application/json")
+        return page
+
+    async def live(request: Request) -> Response:
+        page = await live_page(request, request.query_params.get("cursor"))
+        return page if isinstance(page, Response) else Response(orjson.dumps(page), media_type="application/json")
 
     async def live_stream(request: Request) -> Response:
         """Server-sent events; each event's id is a cursor, so EventSource resumes after a reconnect."""
         s = svc()
-        refused = allowed(request, "view")
-        if refused is not None:
-            return refused
-        try:
-            args = live_args(request)
-            cursor = request.headers.get("last-event-id") or request.query_params.get("cursor")
-            first = await run_in_threadpool(s.live.read, cursor or None, 1 if cursor is None else args["limit"])
-        except ValueError as exc:
-            return error_response(str(exc), 400)
+        cursor = request.headers.get("last-event-id") or request.query_params.get("cursor") or None
+        first = await live_page(request, cursor, 1 if cursor is None else None)
+        if isinstance(first, Response):
+            return first
+        args = live_args(request)
 
         async def events() -> AsyncIterator[bytes]:
             position = first["cursor"]

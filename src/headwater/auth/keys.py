@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headwater.core.errors import AuthError
+from headwater.core.sqlite import open_store
 
 ROLES = ("write", "read", "admin")
 _SCHEMA = """
@@ -48,10 +49,7 @@ class KeyStore:
     """Create, list, revoke and look up keys; lookups are cached for `cache_s` seconds."""
 
     def __init__(self, path: Path, cache_s: float = 2.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_store(path, _SCHEMA)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._cache_s = cache_s

@@ -14,6 +14,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 
 from headwater.core.errors import AuthError
+from headwater.core.sqlite import open_store
 
 USER_ROLES = ("admin", "analyst", "viewer")
 PERMISSIONS = {
@@ -56,11 +57,7 @@ def _digest(token: str) -> str:
 
 class UserStore:
     def __init__(self, path: Path, session_hours: float = 12.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_store(path, _SCHEMA)
         self._lock = threading.Lock()
         self._hasher = PasswordHasher()
         self._dummy = self._hasher.hash(secrets.token_hex(16))  # equalises timing for unknown users

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from headwater.core.errors import QueryError
+from headwater.core.sqlite import open_store
 from headwater.insights.engine import parse
 from headwater.insights.spec import Filter
 
@@ -89,11 +89,7 @@ def _errors(exc: ValidationError) -> str:
 
 class BoardStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_store(path, _SCHEMA)
         self._lock = threading.Lock()
 
     # --- saved insights
