@@ -88,15 +88,6 @@ def account_routes(services: Callable[[], Any]) -> list[Route]:
         except AuthError as exc:
             return _error(exc)
 
-    async def revoke_key(request: Request) -> Response:
-        s = services()
-        try:
-            authenticate(request, s.keys, s.users, "manage")
-            s.keys.revoke(request.path_params["name"])
-        except AuthError as exc:
-            return _error(exc)
-        return _json({"success": True})
-
     async def users(request: Request) -> Response:
         s = services()
         try:
@@ -109,21 +100,27 @@ def account_routes(services: Callable[[], Any]) -> list[Route]:
             return _error(exc)
         return _json({"name": user.name, "role": user.role}, 201)
 
-    async def delete_user(request: Request) -> Response:
-        s = services()
-        try:
-            authenticate(request, s.keys, s.users, "manage")
-            s.users.delete(request.path_params["name"])
-        except AuthError as exc:
-            return _error(exc)
-        return _json({"success": True})
+    def remover(kind: str) -> Callable[[Request], Any]:
+        """DELETE /api/keys/NAME (revoke) and /api/users/NAME (delete), for admins."""
+
+        async def remove(request: Request) -> Response:
+            s = services()
+            try:
+                authenticate(request, s.keys, s.users, "manage")
+                store = s.keys if kind == "keys" else s.users
+                (store.revoke if kind == "keys" else store.delete)(request.path_params["name"])
+            except AuthError as exc:
+                return _error(exc)
+            return _json({"success": True})
+
+        return remove
 
     return [
         Route("/api/login", login, methods=["POST"]),
         Route("/api/logout", logout, methods=["POST"]),
         Route("/api/me", me, methods=["GET"]),
         Route("/api/keys", keys, methods=["GET", "POST"]),
-        Route("/api/keys/{name}", revoke_key, methods=["DELETE"]),
+        Route("/api/keys/{name}", remover("keys"), methods=["DELETE"]),
         Route("/api/users", users, methods=["GET", "POST"]),
-        Route("/api/users/{name}", delete_user, methods=["DELETE"]),
+        Route("/api/users/{name}", remover("users"), methods=["DELETE"]),
     ]

@@ -92,6 +92,21 @@ class BoardStore:
         self._conn = open_store(path, _SCHEMA)
         self._lock = threading.Lock()
 
+    def _upsert(self, table: str, column: str, name: str, text: str, user: str, row_id: int | None) -> int:
+        """Insert a row (row_id None) or update it; returns its id. `table`/`column` are constants."""
+        now = int(time.time() * 1000)
+        with self._lock:
+            if row_id is None:
+                cur = self._conn.execute(
+                    f"INSERT INTO {table} (name, {column}, created_by, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?)",
+                    (name, text, user, now, now),
+                )
+                return int(cur.lastrowid or 0)
+            sql = f"UPDATE {table} SET name = ?, {column} = ?, updated_ms = ? WHERE id = ?"
+            if self._conn.execute(sql, (name, text, now, row_id)).rowcount == 0:
+                raise BoardError(f"no {'saved insight' if table == 'insights' else 'dashboard'} {row_id}", 404)
+        return row_id
+
     # --- saved insights
     def save_insight(
         self, name: str, query: dict[str, Any], user: str, insight_id: int | None = None
@@ -99,23 +114,7 @@ class BoardStore:
         if not name:
             raise BoardError("name: required")
         parse(query)  # a saved insight must be runnable; errors name the field
-        now = int(time.time() * 1000)
-        text = orjson.dumps(query).decode()
-        with self._lock:
-            if insight_id is None:
-                cur = self._conn.execute(
-                    "INSERT INTO insights (name, query, created_by, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?)",
-                    (name, text, user, now, now),
-                )
-                insight_id = int(cur.lastrowid or 0)
-            elif (
-                self._conn.execute(
-                    "UPDATE insights SET name = ?, query = ?, updated_ms = ? WHERE id = ?",
-                    (name, text, now, insight_id),
-                ).rowcount
-                == 0
-            ):
-                raise BoardError(f"no saved insight {insight_id}", 404)
+        insight_id = self._upsert("insights", "query", name, orjson.dumps(query).decode(), user, insight_id)
         return self.insight(insight_id)
 
     def insight(self, insight_id: int) -> dict[str, Any]:
@@ -150,23 +149,7 @@ class BoardStore:
         for tile in parsed.tiles:
             if tile.insight_id is not None:
                 self.insight(tile.insight_id)  # must exist
-        now = int(time.time() * 1000)
-        text = parsed.model_dump_json()
-        with self._lock:
-            if dashboard_id is None:
-                cur = self._conn.execute(
-                    "INSERT INTO dashboards (name, body, created_by, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?)",
-                    (name, text, user, now, now),
-                )
-                dashboard_id = int(cur.lastrowid or 0)
-            elif (
-                self._conn.execute(
-                    "UPDATE dashboards SET name = ?, body = ?, updated_ms = ? WHERE id = ?",
-                    (name, text, now, dashboard_id),
-                ).rowcount
-                == 0
-            ):
-                raise BoardError(f"no dashboard {dashboard_id}", 404)
+        dashboard_id = self._upsert("dashboards", "body", name, parsed.model_dump_json(), user, dashboard_id)
         return self.dashboard(dashboard_id)
 
     def dashboard(self, dashboard_id: int) -> dict[str, Any]:

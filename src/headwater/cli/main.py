@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +47,22 @@ def settings_from(config: Path | None, **flags: Any) -> Settings:
     except HeadwaterError as exc:
         fail(str(exc))
         raise  # unreachable
+
+
+@contextlib.contextmanager
+def account_store(kind: str, config: Path | None, data_dir: Path | None) -> Iterator[Any]:
+    """The data dir's key store (`keys`) or user store (`users`), closed after; errors exit cleanly."""
+    from headwater.auth.keys import KeyStore
+    from headwater.auth.users import UserStore
+
+    settings = settings_from(config, data_dir=data_dir)
+    store: Any = KeyStore(settings.keys_path) if kind == "keys" else UserStore(settings.users_path)
+    try:
+        yield store
+    except HeadwaterError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -306,15 +324,8 @@ def keys_create(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a key and print it (it is stored hashed and cannot be shown again)."""
-    from headwater.auth.keys import KeyStore
-
-    store = KeyStore(settings_from(config, data_dir=data_dir).keys_path)
-    try:
+    with account_store("keys", config, data_dir) as store:
         key = store.create(name, role)
-    except HeadwaterError as exc:
-        fail(str(exc))
-    finally:
-        store.close()
     if quiet:
         sys.stdout.write(key + "\n")
     else:
@@ -324,29 +335,19 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """List keys (names, roles, prefixes; never the keys)."""
-    from headwater.auth.keys import KeyStore
-
-    store = KeyStore(settings_from(config, data_dir=data_dir).keys_path)
     table = RichTable("name", "role", "prefix", "created", "status")
-    for key in store.list():
-        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_ms / 1000))
-        table.add_row(key.name, key.role, key.prefix + "…", created, "revoked" if key.revoked_ms else "active")
-    store.close()
+    with account_store("keys", config, data_dir) as store:
+        for key in store.list():
+            created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_ms / 1000))
+            table.add_row(key.name, key.role, key.prefix + "…", created, "revoked" if key.revoked_ms else "active")
     Console().print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Revoke a key by name (takes effect within 2 seconds)."""
-    from headwater.auth.keys import KeyStore
-
-    store = KeyStore(settings_from(config, data_dir=data_dir).keys_path)
-    try:
+    with account_store("keys", config, data_dir) as store:
         store.revoke(name)
-    except HeadwaterError as exc:
-        fail(str(exc))
-    finally:
-        store.close()
     sys.stdout.write(f"revoked {name!r}\n")
 
 
@@ -361,45 +362,28 @@ def users_create(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a web user (passwords are stored as argon2 hashes)."""
-    from headwater.auth.users import UserStore
-
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    store = UserStore(settings_from(config, data_dir=data_dir).users_path)
-    try:
+    with account_store("users", config, data_dir) as store:
         user = store.create(name, role, password)
-    except HeadwaterError as exc:
-        fail(str(exc))
-    finally:
-        store.close()
     sys.stdout.write(f"created {user.role} user {user.name!r}\n")
 
 
 @users_app.command("list")
 def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """List web users and their roles."""
-    from headwater.auth.users import UserStore
-
-    store = UserStore(settings_from(config, data_dir=data_dir).users_path)
     table = RichTable("name", "role")
-    for user in store.list():
-        table.add_row(user.name, user.role)
-    store.close()
+    with account_store("users", config, data_dir) as store:
+        for user in store.list():
+            table.add_row(user.name, user.role)
     Console().print(table)
 
 
 @users_app.command("delete")
 def users_delete(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Delete a web user and end their sessions."""
-    from headwater.auth.users import UserStore
-
-    store = UserStore(settings_from(config, data_dir=data_dir).users_path)
-    try:
+    with account_store("users", config, data_dir) as store:
         store.delete(name)
-    except HeadwaterError as exc:
-        fail(str(exc))
-    finally:
-        store.close()
     sys.stdout.write(f"deleted {name!r}\n")
 
 
