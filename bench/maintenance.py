@@ -69,14 +69,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         settings = Settings(data_dir=work, compact_min_files=24, snapshot_retention_minutes=1)
         tables = ensure_tables(open_catalog(settings))
-        maintenance = Maintenance(settings, tables)
+        maintenance = Maintenance(settings, tables, "headwater.log-offsets")
         engine = QueryEngine(settings)
         rng = np.random.default_rng(5)
         points = []
         for commit in range(1, args.commits + 1):
             tables["events"].append(small_batch(rng, args.rows, commit * args.rows))
             if mode == "with_maintenance" and commit % 24 == 0:
-                maintenance.run({})
+                maintenance.run()
             if commit % args.every == 0:
                 files = len(list(tables["events"].scan().plan_files()))
                 snapshots = len(tables["events"].metadata.snapshots)

@@ -29,7 +29,7 @@ def setup(data_dir: Path, **overrides: Any) -> tuple[SqliteLog, Any, LakeWriter]
     settings = make_settings(data_dir, **overrides)
     log = SqliteLog(settings.log_path, settings.offsets_path, 2)
     producer = log.producer()
-    writer = LakeWriter(settings, log.consumer(GROUP), log.log_id, log.partitions)
+    writer = LakeWriter(settings, log.consumer(GROUP), log)
     return log, producer, writer
 
 
@@ -82,7 +82,7 @@ def test_crash_between_commits_neither_loses_nor_duplicates(data_dir: Path, fail
         writer.flush()
     del original
     # a fresh writer process after the crash
-    writer2 = LakeWriter(make_settings(data_dir), log.consumer(GROUP), log.log_id, log.partitions)
+    writer2 = LakeWriter(make_settings(data_dir), log.consumer(GROUP), log)
     pump(writer2)
     assert count(data_dir, "SELECT count(*), count(DISTINCT event_id) FROM events") == [[50, 50]]
     assert count(data_dir, "SELECT count(*), count(DISTINCT raw) FROM quarantine") == [[5, 5]]
@@ -100,8 +100,8 @@ def test_late_events_land_in_their_day_and_compaction_keeps_rows(data_dir: Path)
     assert len(files) == 8
     days = {repr(task.file.partition) for task in files}
     assert len(days) == 2
-    maintenance = Maintenance(writer.settings, writer.tables)
-    assert maintenance.compact("events", writer.table_offsets["events"]) == 2
+    maintenance = Maintenance(writer.settings, writer.tables, writer.offsets_key)
+    assert maintenance.compact("events") == 2
     table = maintenance.tables["events"]
     assert len(list(table.scan().plan_files())) == 2
     assert snapshot_offsets(table) == writer.table_offsets["events"]  # compaction carries offsets
@@ -115,8 +115,8 @@ def test_expire_and_sweep_delete_unreferenced_files(data_dir: Path) -> None:
     for round_ in range(3):
         producer.append([(b"u", envelope(round_ * 10 + i)) for i in range(10)]).result()
         pump(writer)
-    maintenance = Maintenance(writer.settings, writer.tables)
-    maintenance.compact("events", writer.table_offsets["events"])
+    maintenance = Maintenance(writer.settings, writer.tables, writer.offsets_key)
+    maintenance.compact("events")
     data_root = Path(maintenance.tables["events"].location().removeprefix("file://")) / "data"
     before = len(list(data_root.rglob("*.parquet")))
     import headwater.lake.maintenance as m

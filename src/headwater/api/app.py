@@ -37,7 +37,8 @@ from headwater.core.settings import Settings
 from headwater.insights.engine import InsightEngine
 from headwater.lake.writer import GROUP as LAKE_GROUP
 from headwater.live.tail import LiveTail
-from headwater.log.sqlite import SqliteAdmin, SqliteLog
+from headwater.log import open_log
+from headwater.log.base import LogAdmin
 from headwater.query.engine import QueryEngine
 from headwater.web.routes import web_routes
 
@@ -48,20 +49,38 @@ LIVE_STREAM_SECONDS = 30.0
 class LogGauges:
     """Prometheus collector computing log size and per-group lag at scrape time."""
 
-    def __init__(self, admin: SqliteAdmin) -> None:
+    def __init__(self, admin: LogAdmin, backend: str) -> None:
         self.admin = admin
+        self.backend = backend
 
     def collect(self) -> Any:
-        size = GaugeMetricFamily("headwater_log_size_bytes", "Live bytes in the event log")
-        size.add_metric([], self.admin.size_bytes())
+        up = GaugeMetricFamily("headwater_log_up", "1 when the event log is reachable", labels=["backend"])
+        problem = self.admin.problem()
+        up.add_metric([self.backend], 0 if problem else 1)
+        yield up
+        if problem:
+            return
+        size_bytes = self.admin.size_bytes()
+        if size_bytes is not None:
+            size = GaugeMetricFamily("headwater_log_size_bytes", "Live bytes in the event log")
+            size.add_metric([], size_bytes)
+            yield size
         ends = self.admin.end_offsets()
         end = GaugeMetricFamily("headwater_log_end_offset", "Next offset per partition", labels=["partition"])
         for partition, offset in ends.items():
             end.add_metric([str(partition)], offset)
         lag = GaugeMetricFamily("headwater_consumer_lag", "Records not yet consumed per group", labels=["group"])
+        lag_by_partition = GaugeMetricFamily(
+            "headwater_consumer_partition_lag",
+            "Records not yet consumed per group and partition",
+            labels=["group", "partition"],
+        )
         for group, offsets in self.admin.group_offsets().items():
-            lag.add_metric([group], sum(max(0, e - offsets.get(p, 0)) for p, e in ends.items()))
-        yield from (size, end, lag)
+            behind = {p: max(0, e - offsets.get(p, 0)) for p, e in ends.items()}
+            lag.add_metric([group], sum(behind.values()))
+            for partition, count in behind.items():
+                lag_by_partition.add_metric([group, str(partition)], count)
+        yield from (end, lag, lag_by_partition)
 
 
 class Services:
@@ -69,14 +88,10 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.log = SqliteLog(settings.log_path, settings.offsets_path, settings.log_partitions)
-        self.producer = self.log.producer(
-            group_commit_wait_ms=settings.group_commit_wait_ms,
-            dedupe_window_s=settings.dedupe_window_hours * 3600,
-            retention_s=settings.log_retention_hours * 3600,
-            retention_bytes=settings.log_retention_mb * 1024 * 1024,
-        )
+        self.log = open_log(settings)
+        self.producer = self.log.producer()
         self.admin = self.log.admin()
+        self.log_problem: str | None = None
         self.keys = KeyStore(settings.keys_path)
         self.users = UserStore(settings.users_path, settings.session_hours)
         limits = Limits(settings.max_request_bytes, settings.max_event_bytes, settings.max_batch_events)
@@ -88,8 +103,12 @@ class Services:
         self.started = time.time()
 
     def check_pressure(self) -> None:
+        self.log_problem = self.admin.problem()
+        if self.log_problem is not None:  # answer 503 at once rather than wait for acks that cannot come
+            self.collector.overload = (f"event log unavailable: {self.log_problem}", 2)
+            return
         budget = self.settings.log_disk_budget_mb * 1024 * 1024
-        size = self.admin.size_bytes()
+        size = self.admin.size_bytes() or 0
         lag = self.admin.lag(LAKE_GROUP)
         if size > budget:
             self.collector.overload = (f"log over disk budget: {size} of {budget} bytes used", 5)
@@ -137,7 +156,7 @@ def build_app(settings: Settings) -> IngestApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal services
         services = await run_in_threadpool(Services, settings)
-        gauges_registry.register(LogGauges(services.admin))
+        gauges_registry.register(LogGauges(services.admin, services.log.backend))
         app.state.services = services
         ingest.collector = services.collector
         watcher = asyncio.create_task(_watch(services))
@@ -150,11 +169,13 @@ def build_app(settings: Settings) -> IngestApp:
 
     async def healthz(request: Request) -> Response:
         s = svc()
+        problem = s.log_problem
         payload = {
             "status": "ok" if s.collector.overload is None else "degraded",
             "version": __version__,
             "uptime_s": round(time.time() - s.started, 1),
-            "lake_lag_events": s.admin.lag(LAKE_GROUP),
+            "log": {"backend": s.log.backend, "reachable": problem is None, "problem": problem},
+            "lake_lag_events": None if problem else await run_in_threadpool(s.admin.lag, LAKE_GROUP),
             "overload": s.collector.overload[0] if s.collector.overload else None,
         }
         return json_response(payload)

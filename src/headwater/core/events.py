@@ -100,7 +100,7 @@ def _ident(obj: dict[str, Any], *names: str) -> str | None:
     return None
 
 
-def _message_id(obj: dict[str, Any]) -> str | None:
+def message_id_of(obj: dict[str, Any]) -> str | None:
     value = obj.get("messageId")
     if value is None:
         return None
@@ -125,7 +125,7 @@ def check_raw_track(obj: Any) -> tuple[str, str | None]:
         if obj.get(field) is not None:
             parse_time(obj[field], field)
             break
-    return key, _message_id(obj)
+    return key, message_id_of(obj)
 
 
 def check_segment(obj: Any, endpoint_type: str | None) -> tuple[str, str | None]:
@@ -159,7 +159,7 @@ def check_segment(obj: Any, endpoint_type: str | None) -> tuple[str, str | None]
     for field in ("timestamp", "originalTimestamp", "sentAt"):
         if obj.get(field) is not None:
             parse_time(obj[field], field)
-    return key, _message_id(obj)
+    return key, message_id_of(obj)
 
 
 def _dumps(value: Any) -> str | None:
@@ -275,7 +275,7 @@ class RowBuilder:
         self._append(
             message_id
             if isinstance(message_id, str) and message_id
-            else (_message_id(obj) or event_id_for(log_id, partition, offset)),
+            else (message_id_of(obj) or event_id_for(log_id, partition, offset)),
             "track",
             obj["event"],
             user_id if isinstance(user_id, str) and user_id else _ident(obj, "userId", "user_id"),
@@ -315,7 +315,7 @@ class RowBuilder:
             context = {**(context or {}), **extra}
         event = obj.get("event") if etype == "track" else obj.get("name")
         self._append(
-            _message_id(obj) or event_id_for(log_id, partition, offset),
+            message_id_of(obj) or event_id_for(log_id, partition, offset),
             etype,
             event if isinstance(event, str) else None,
             _ident(obj, "userId"),

@@ -20,6 +20,9 @@ LAKE_COMMIT_SECONDS = Histogram(
     "headwater_lake_commit_seconds", "Iceberg commit latency",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )  # fmt: skip
+LAKE_COMMIT_CONFLICTS = Counter(
+    "headwater_lake_commit_conflicts", "Iceberg commits retried because another writer committed first", ["table"]
+)
 LAKE_COMPACTIONS = Counter("headwater_lake_compactions", "Partitions compacted", ["table"])
 QUERY_SECONDS = Histogram(
     "headwater_query_seconds",

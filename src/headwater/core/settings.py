@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -16,7 +16,8 @@ from pydantic_settings import (
 
 from headwater.core.errors import ConfigError
 
-SECRET_FIELDS = frozenset({"catalog_uri", "demo_key"})
+SECRET_FIELDS = frozenset({"catalog_uri", "demo_key", "s3_secret_access_key", "kafka_client_options"})
+LogBackend = Literal["embedded", "kafka"]
 
 
 class Settings(BaseSettings):
@@ -54,6 +55,28 @@ class Settings(BaseSettings):
     )
 
     # --- event log
+    log_backend: LogBackend = Field(
+        "embedded",
+        description="Event log: 'embedded' (SQLite in data_dir) or 'kafka' (an Apache Kafka cluster).",
+    )
+    kafka_bootstrap_servers: str = Field(
+        "", description="Kafka brokers, comma-separated host:port (log_backend = 'kafka')."
+    )
+    kafka_topic: str = Field("headwater.events", description="Kafka topic of the event log; created when missing.")
+    kafka_partitions: int = Field(
+        12, ge=1, le=10_000, description="Partitions of the Kafka topic when Headwater creates it."
+    )
+    kafka_replication_factor: int = Field(
+        -1, ge=-1, le=32, description="Replication factor of a created topic (-1 = the broker's default)."
+    )
+    kafka_client_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka options for every Kafka client (SASL/TLS, e.g. security.protocol); "
+        "env: a JSON object.",
+    )
+    kafka_ack_timeout_ms: int = Field(
+        10_000, ge=1000, description="An HTTP request fails with 503 when Kafka has not acknowledged it by then."
+    )
     log_partitions: int = Field(
         4,
         ge=1,
@@ -79,7 +102,14 @@ class Settings(BaseSettings):
     catalog_uri: str | None = Field(
         None, description="SQLAlchemy URI of the Iceberg SQL catalog (default: SQLite in data_dir)."
     )
-    warehouse: str | None = Field(None, description="Warehouse location for table files (default: data_dir/warehouse).")
+    warehouse: str | None = Field(
+        None,
+        description="Warehouse location for table files: a path or s3://bucket/prefix (default: data_dir/warehouse).",
+    )
+    s3_endpoint: str = Field("", description="S3-compatible endpoint URL (empty: AWS's default for the region).")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: str = Field("", description="S3 access key id (empty: the AWS default credential chain).")
+    s3_secret_access_key: str = Field("", description="S3 secret access key.")
     flush_events: int = Field(
         200_000,
         ge=1,

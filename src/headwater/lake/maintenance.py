@@ -2,28 +2,31 @@
 
 pyiceberg has no rewrite-data-files action, so compaction is done here: the small files of one
 partition are read, sorted by time, written as one file, and swapped in by a single overwrite
-snapshot (old files deleted, new file added). It runs in the writer's own loop, between flushes,
-so it never races the writer's appends.
+snapshot (old files deleted, new file added). It runs in a writer's own loop, between flushes, and
+only in the writer that holds the `maintenance` lease, so one writer maintains the tables at a
+time. Every commit here is optimistic: when another writer appended in between, the catalog
+refuses it (nothing is lost) and the next round tries again. Commits carry the log offsets the
+table already recorded, so exactly-once bookkeeping survives compaction.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import defaultdict
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import fs
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from headwater.core import metrics
 from headwater.core.settings import Settings
-from headwater.lake.tables import offsets_property
+from headwater.lake.coordination import ClaimStore, Lease
+from headwater.lake.tables import offsets_property, snapshot_offsets
 
 log = logging.getLogger(__name__)
 MAX_SNAPSHOTS = 100
@@ -31,22 +34,39 @@ SORT_COLUMN = {"events": "timestamp", "quarantine": "received_at"}
 
 
 class Maintenance:
-    def __init__(self, settings: Settings, tables: dict[str, Table]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tables: dict[str, Table],
+        offsets_key: str,
+        lease: Lease | None = None,
+        claims: ClaimStore | None = None,
+    ) -> None:
         self.settings = settings
         self.tables = tables  # shared with the writer: pyiceberg refreshes a Table in place on commit
+        self.offsets_key = offsets_key
+        self.lease = lease
+        self.claims = claims
         self._last_sweep = 0.0
         self.sweep_interval_s = 600.0
 
-    def run(self, table_offsets: dict[str, dict[int, int]]) -> None:
+    def run(self) -> bool:
+        """One round, when this writer holds the lease; return whether it ran."""
+        if self.lease is not None and not self.lease.acquire():
+            return False
         for name in list(self.tables):
-            self.compact(name, table_offsets.get(name, {}))
+            self.tables[name].refresh()
+            self.compact(name)
             self.expire(name)
         if time.monotonic() - self._last_sweep > self.sweep_interval_s:
             self._last_sweep = time.monotonic()
             for name in self.tables:
                 self.sweep(name)
+            if self.claims is not None:
+                self.claims.purge()
+        return True
 
-    def compact(self, name: str, offsets: dict[int, int], min_files: int | None = None) -> int:
+    def compact(self, name: str, min_files: int | None = None) -> int:
         """Rewrite partitions holding at least `min_files` small files; return partitions compacted."""
         table = self.tables[name]
         min_files = min_files or self.settings.compact_min_files
@@ -59,19 +79,20 @@ class Maintenance:
         for files in groups.values():
             if len(files) < min_files:
                 continue
-            self._rewrite(name, files, offsets)
+            self._rewrite(name, files)
             done += 1
         return done
 
-    def _rewrite(self, name: str, files: list[DataFile], offsets: dict[int, int]) -> None:
+    def _rewrite(self, name: str, files: list[DataFile]) -> None:
         table = self.tables[name]
+        offsets = snapshot_offsets(table, self.offsets_key)  # of the version this rewrite commits on
         parts = []
         for data_file in files:
             with table.io.new_input(data_file.file_path).open() as stream:
                 parts.append(pq.read_table(stream))
         merged = pa.concat_tables(parts, promote_options="default").sort_by(SORT_COLUMN[name])
         new_files = list(_dataframe_to_data_files(table.metadata, merged, table.io))
-        props = offsets_property(offsets) if offsets else {}
+        props = offsets_property(offsets, self.offsets_key) if offsets else {}
         with (
             table.transaction() as tx,
             tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite,
@@ -101,37 +122,63 @@ class Maintenance:
         return len(ids)
 
     def sweep(self, name: str, grace_s: float | None = None) -> int:
-        """Delete files under a local table location that no snapshot references any more."""
+        """Delete files under the table's location that no snapshot references any more.
+
+        Works on local disk and object stores alike (pyarrow's filesystem for the location); only
+        files older than snapshot retention plus a grace period go, so a file a concurrent commit
+        is about to reference is never touched.
+        """
         table = self.tables[name]
-        location = urlparse(table.location())
-        if location.scheme not in ("", "file"):
-            return 0  # object stores: left to the store's lifecycle rules
-        root = Path(location.path)
+        location = table.location()
+        filesystem = self._object_store() if urlparse(location).scheme in ("s3", "s3a") else fs.LocalFileSystem()
+        root = _strip_scheme(location)
         grace = grace_s if grace_s is not None else self.settings.snapshot_retention_minutes * 60 + 600
-        referenced: set[str] = {urlparse(table.metadata_location).path}
-        referenced.update(urlparse(entry.metadata_file).path for entry in table.metadata.metadata_log)
+        referenced: set[str] = {_strip_scheme(table.metadata_location)}
+        referenced.update(_strip_scheme(entry.metadata_file) for entry in table.metadata.metadata_log)
         seen_manifests: set[str] = set()
         for snapshot in table.metadata.snapshots:
-            referenced.add(urlparse(snapshot.manifest_list).path)
+            referenced.add(_strip_scheme(snapshot.manifest_list))
             for manifest in snapshot.manifests(table.io):
-                path = urlparse(manifest.manifest_path).path
+                path = _strip_scheme(manifest.manifest_path)
                 referenced.add(path)
                 if path in seen_manifests:
                     continue
                 seen_manifests.add(path)
                 for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
-                    referenced.add(urlparse(entry.data_file.file_path).path)
+                    referenced.add(_strip_scheme(entry.data_file.file_path))
         cutoff = time.time() - grace
         deleted = 0
-        for directory, _, names in os.walk(root):
-            for file_name in names:
-                path = os.path.join(directory, file_name)
-                if path in referenced:
-                    continue
+        try:
+            infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+        except OSError:
+            log.exception("cannot list %s", root)
+            return 0
+        for info in infos:
+            if info.type != fs.FileType.File or info.path in referenced or info.mtime is None:
+                continue
+            if info.mtime.timestamp() < cutoff:
                 try:
-                    if os.stat(path).st_mtime < cutoff:
-                        os.remove(path)
-                        deleted += 1
+                    filesystem.delete_file(info.path)
+                    deleted += 1
                 except FileNotFoundError:
                     continue
         return deleted
+
+    def _object_store(self) -> fs.FileSystem:
+        s = self.settings
+        endpoint = urlparse(s.s3_endpoint) if s.s3_endpoint else None
+        return fs.S3FileSystem(
+            access_key=s.s3_access_key_id or None,
+            secret_key=s.s3_secret_access_key or None,
+            region=s.s3_region,
+            endpoint_override=endpoint.netloc if endpoint else None,
+            scheme=endpoint.scheme if endpoint else "https",
+        )
+
+
+def _strip_scheme(uri: str) -> str:
+    """'file:///a/b' -> '/a/b', 's3://bucket/key' -> 'bucket/key' (pyarrow's path forms)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return parsed.path
+    return parsed.netloc + parsed.path

@@ -73,13 +73,31 @@ SPECS = {
 JSON_COLUMNS = {"events": ("properties", "context", "traits")}
 
 
-def open_catalog(settings: Settings) -> Catalog:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+def warehouse_uri(settings: Settings) -> str:
+    """The warehouse as a URI (file:// for a local path, created when missing)."""
     warehouse = settings.warehouse or str(settings.warehouse_path.resolve())
     if "://" not in warehouse:
         Path(warehouse).mkdir(parents=True, exist_ok=True)
-        warehouse = f"file://{warehouse}"
-    return SqlCatalog(NAMESPACE, uri=settings.effective_catalog_uri, warehouse=warehouse)
+        warehouse = f"file://{Path(warehouse).resolve()}"
+    return warehouse
+
+
+def storage_properties(settings: Settings) -> dict[str, str]:
+    """pyiceberg FileIO properties for an S3-compatible warehouse (empty values left to AWS defaults)."""
+    props = {
+        "s3.endpoint": settings.s3_endpoint,
+        "s3.region": settings.s3_region,
+        "s3.access-key-id": settings.s3_access_key_id,
+        "s3.secret-access-key": settings.s3_secret_access_key,
+    }
+    return {k: v for k, v in props.items() if v}
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqlCatalog(
+        NAMESPACE, uri=settings.effective_catalog_uri, warehouse=warehouse_uri(settings), **storage_properties(settings)
+    )
 
 
 def ensure_tables(catalog: Catalog) -> dict[str, Table]:
@@ -101,12 +119,16 @@ def ensure_tables(catalog: Catalog) -> dict[str, Table]:
     return tables
 
 
-def snapshot_offsets(table: Table) -> dict[int, int]:
-    """Log offsets recorded by the newest snapshot that has them (next offset per partition)."""
+def snapshot_offsets(table: Table, key: str = OFFSETS_PROPERTY) -> dict[int, int]:
+    """Log offsets recorded by the newest snapshot that has them (next offset per partition).
+
+    Every Headwater commit records the offsets of all partitions (merged with what the table held),
+    so the newest snapshot that has the property is the whole answer.
+    """
     snapshot = table.current_snapshot()
     while snapshot is not None:
         summary: Any = snapshot.summary
-        value = summary.additional_properties.get(OFFSETS_PROPERTY) if summary is not None else None
+        value = summary.additional_properties.get(key) if summary is not None else None
         if value:
             return {int(p): int(o) for p, o in orjson.loads(value).items()}
         if snapshot.parent_snapshot_id is None:
@@ -115,5 +137,5 @@ def snapshot_offsets(table: Table) -> dict[int, int]:
     return {}
 
 
-def offsets_property(offsets: dict[int, int]) -> dict[str, str]:
-    return {OFFSETS_PROPERTY: orjson.dumps({str(p): o for p, o in sorted(offsets.items())}).decode()}
+def offsets_property(offsets: dict[int, int], key: str = OFFSETS_PROPERTY) -> dict[str, str]:
+    return {key: orjson.dumps({str(p): o for p, o in sorted(offsets.items())}).decode()}

@@ -1,72 +1,117 @@
 """The lake writer: consumer group `lake` on the log, committing Iceberg snapshots exactly once.
 
-Exactly-once across crashes: every snapshot records, in its summary, the next log offset per
-partition it covers. Commit order is events table, quarantine table, then the group offsets.
-On start (or after any failure) the writer resumes from the group offsets and, per table, skips
-records below that table's recorded offsets, so a crash between any two steps neither loses nor
-duplicates a row.
+Exactly-once across crashes, rebalances and concurrent writers:
+- Every snapshot records, in its summary, the next log offset of *every* partition (the offsets the
+  table held, updated with this writer's partitions), so the newest snapshot is the whole truth.
+- Commit order: events table, quarantine table, then the group offsets. On start, after a failure
+  or after a rebalance, the writer drops what it buffered, seeks back to the group offsets and, per
+  table, skips records below that table's recorded offsets: a crash between any two steps neither
+  loses nor duplicates a row.
+- Before each Iceberg commit the writer checks that the table still records, for each of its
+  partitions, the offset it last saw. If another writer took a partition over (after a rebalance
+  this one did not notice yet) the check fails, the buffer is dropped and the writer re-reads the
+  table. Iceberg's optimistic concurrency makes check-then-commit atomic: when another writer
+  commits in between, the commit fails, the table is refreshed and the check runs again.
+- When the log does not de-duplicate messageIds itself (Kafka), claims in the catalog database do
+  (`headwater.lake.coordination`), written before the Iceberg commit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 
 import orjson
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from headwater.core import metrics
 from headwater.core.errors import LakeError
-from headwater.core.events import RowBuilder
+from headwater.core.events import RowBuilder, message_id_of
 from headwater.core.settings import Settings
+from headwater.lake.coordination import ClaimStore, Lease, open_engine
 from headwater.lake.maintenance import Maintenance
 from headwater.lake.tables import ensure_tables, offsets_property, open_catalog, snapshot_offsets
-from headwater.log.base import Consumer, Record
+from headwater.log.base import Consumer, EventLog, Record
 
 log = logging.getLogger(__name__)
 GROUP = "lake"
+COMMIT_ATTEMPTS = 20
+
+
+class PartitionTakenOver(LakeError):
+    """Another writer committed one of this writer's partitions: it was reassigned."""
 
 
 class LakeWriter:
     """Polls the log, buffers rows, commits by size or age, runs maintenance between flushes."""
 
-    def __init__(self, settings: Settings, consumer: Consumer, log_id: str, partitions: int) -> None:
+    def __init__(self, settings: Settings, consumer: Consumer, event_log: EventLog) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.log_id = log_id
-        self.partitions = partitions
+        self.log_id = event_log.log_id
+        self.offsets_key = event_log.offsets_key
         self.catalog = open_catalog(settings)
         self.tables: dict[str, Table] = ensure_tables(self.catalog)
-        self.maintenance = Maintenance(settings, self.tables)
+        engine = open_engine(settings.effective_catalog_uri)
+        self.claims = None if event_log.deduplicates else ClaimStore(engine, settings.dedupe_window_hours * 3600)
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        lease_s = max(60.0, settings.maintenance_interval_s * 3)
+        self.maintenance = Maintenance(
+            settings, self.tables, self.offsets_key, Lease(engine, "maintenance", holder, lease_s), self.claims
+        )
         self.table_offsets: dict[str, dict[int, int]] = {}
         self.commits = 0
+        self.generation = -1
         self._builder = RowBuilder()
+        self._claims: list[tuple[str, str, int, int]] = []
+        self._claim_rows: list[int] = []
         self._buffer_started: float | None = None
         self.recover()
 
     def recover(self) -> None:
-        """Reload table offsets and seek the consumer back to the committed group offsets."""
+        """Drop the buffer, reload table offsets, seek owned partitions back to the group offsets."""
         for name in self.tables:  # in place: Maintenance shares this dict
             self.tables[name] = self.catalog.load_table(f"headwater.{name}")
-            self.table_offsets[name] = snapshot_offsets(self.tables[name])
-        committed = self.consumer.committed()
-        for partition in range(self.partitions):
-            if partition in committed:
-                self.consumer.seek(partition, committed[partition])
+            self.table_offsets[name] = snapshot_offsets(self.tables[name], self.offsets_key)
+        self.generation = self.consumer.generation
+        owned = self.consumer.assignment()
+        if owned:
+            committed = self.consumer.committed()
+            for partition in owned:
+                floor = min(offsets.get(partition, 0) for offsets in self.table_offsets.values())
+                self.consumer.seek(partition, committed.get(partition, floor))
+        self._reset_buffer()
+
+    def _reset_buffer(self) -> None:
         self._builder = RowBuilder()
+        self._claims, self._claim_rows = [], []
         self._buffer_started = None
 
     def add(self, records: list[Record]) -> None:
         events_from = self.table_offsets["events"]
         quarantine_from = self.table_offsets["quarantine"]
         builder = self._builder
+        claims = self.claims is not None
         for record in records:
             envelope = orjson.loads(record.value)
             floor = quarantine_from if "q" in envelope else events_from
             if record.offset < floor.get(record.partition, 0):
                 continue  # already in that table (crash after its commit)
-            builder.add(envelope, self.log_id, record.partition, record.offset)
+            if claims and "e" in envelope:
+                row = builder.event_count
+                builder.add(envelope, self.log_id, record.partition, record.offset)
+                message_id = message_id_of(envelope["e"]) if isinstance(envelope["e"], dict) else None
+                if message_id and builder.event_count > row:
+                    self._claims.append((envelope["m"]["src"], message_id, record.partition, record.offset))
+                    self._claim_rows.append(row)
+            else:
+                builder.add(envelope, self.log_id, record.partition, record.offset)
         if records and self._buffer_started is None:
             self._buffer_started = time.monotonic()
 
@@ -77,29 +122,75 @@ class LakeWriter:
             return True
         return (time.monotonic() - self._buffer_started) * 1000 >= self.settings.flush_interval_ms
 
+    def _drop_duplicates(self, events: pa.Table) -> pa.Table:
+        if self.claims is None or not self._claims:
+            return events
+        repeated = self.claims.duplicates(self._claims)
+        if not repeated:
+            return events
+        metrics.EVENTS_DUPLICATE.inc(len(repeated))
+        keep = [True] * events.num_rows
+        for index in repeated:
+            keep[self._claim_rows[index]] = False
+        return events.filter(pa.array(keep))
+
     def flush(self) -> int:
         """Commit the buffer; return rows written. On failure, recover and re-raise."""
-        positions = {p: self.consumer.position(p) for p in range(self.partitions)}
+        positions = self.consumer.positions()
         events, quarantine = self._builder.tables()
-        props = offsets_property(positions)
         try:
+            events = self._drop_duplicates(events)
             for name, table in (("events", events), ("quarantine", quarantine)):
                 if table.num_rows:
-                    started = time.perf_counter()
-                    self.tables[name].append(table, snapshot_properties=props)
-                    metrics.LAKE_COMMIT_SECONDS.observe(time.perf_counter() - started)
-                    metrics.LAKE_COMMITS.labels(name).inc()
-                    metrics.LAKE_ROWS.labels(name).inc(table.num_rows)
-                    self.table_offsets[name] = dict(positions)
-                    self.commits += 1
+                    self._commit(name, table, positions)
             self.consumer.commit(positions)
+        except PartitionTakenOver as exc:
+            log.warning("%s; dropping the buffer and re-reading the table", exc)
+            self.recover()
+            return 0
         except Exception as exc:
             log.exception("lake commit failed; recovering from the last committed state")
             self.recover()
             raise LakeError(f"lake commit failed: {exc}") from exc
-        self._builder = RowBuilder()
-        self._buffer_started = None
+        self._reset_buffer()
         return events.num_rows + quarantine.num_rows
+
+    def _commit(self, name: str, rows: pa.Table, positions: dict[int, int]) -> None:
+        """Append `rows` with the merged offsets, if this writer still owns its partitions there."""
+        table = self.tables[name]
+        for attempt in range(COMMIT_ATTEMPTS):
+            current = snapshot_offsets(table, self.offsets_key)
+            known = self.table_offsets[name]
+            moved = sorted(p for p in positions if current.get(p, 0) != known.get(p, 0))
+            if moved:
+                raise PartitionTakenOver(f"{name}: partitions {moved} were committed by another writer")
+            merged = {**current, **{p: max(o, current.get(p, 0)) for p, o in positions.items()}}
+            started = time.perf_counter()
+            try:
+                table.append(rows, snapshot_properties=offsets_property(merged, self.offsets_key))
+            except CommitFailedException:
+                metrics.LAKE_COMMIT_CONFLICTS.labels(name).inc()
+                time.sleep(min(1.0, 0.01 * 2**attempt))
+                table.refresh()  # another writer committed first: check and try again
+                continue
+            metrics.LAKE_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            metrics.LAKE_COMMITS.labels(name).inc()
+            metrics.LAKE_ROWS.labels(name).inc(rows.num_rows)
+            self.table_offsets[name] = merged
+            self.commits += 1
+            return
+        raise LakeError(f"{name}: gave up after {COMMIT_ATTEMPTS} conflicting commits")
+
+    def poll(self, timeout_s: float) -> int:
+        """Read and buffer one batch; return records read. After a rebalance, start over from the
+        committed state (the batch may straddle the rebalance: it is read again from the offsets)."""
+        batch = self.consumer.poll(min(50_000, self.settings.flush_events), timeout_s)
+        if self.consumer.generation != self.generation:
+            log.info("partitions now owned: %s", self.consumer.assignment())
+            self.recover()
+            return -1
+        self.add(batch)
+        return len(batch)
 
     def run(self, stop: threading.Event, idle_poll_s: float = 0.05) -> None:
         """Main loop until `stop` is set; flushes what it holds before returning."""
@@ -109,13 +200,12 @@ class LakeWriter:
             if self._buffer_started is not None:
                 age = time.monotonic() - self._buffer_started
                 timeout = max(0.0, min(timeout, self.settings.flush_interval_ms / 1000 - age))
-            batch = self.consumer.poll(min(50_000, self.settings.flush_events), timeout)
-            self.add(batch)
-            if self.due():
-                try:
+            try:
+                self.poll(timeout)
+                if self.due():
                     self.flush()
-                except LakeError:
-                    stop.wait(1.0)
+            except LakeError:
+                stop.wait(1.0)
             if time.monotonic() - last_maintenance >= self.settings.maintenance_interval_s and not self.due():
                 last_maintenance = time.monotonic()
                 self.run_maintenance()
@@ -123,11 +213,7 @@ class LakeWriter:
 
     def drain(self) -> None:
         """Read everything available now and commit it (graceful shutdown)."""
-        while True:
-            batch = self.consumer.poll(50_000, 0)
-            if not batch:
-                break
-            self.add(batch)
+        while self.poll(0.2) != 0:
             if self.due():
                 self.flush()
         if self._buffer_started is not None:
@@ -135,7 +221,7 @@ class LakeWriter:
 
     def run_maintenance(self) -> None:
         try:
-            self.maintenance.run(self.table_offsets)
+            self.maintenance.run()
         except Exception:
             log.exception("table maintenance failed; reloading the tables, will retry")
             for name in self.tables:

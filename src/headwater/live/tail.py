@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from headwater.core.events import RowBuilder
-from headwater.log.sqlite import SqliteLog, read_partition
+from headwater.log.base import EventLog
 
 MAX_LIMIT = 1000
 
@@ -41,9 +41,9 @@ def _iso(value: Any) -> Any:
 
 
 class LiveTail:
-    def __init__(self, log: SqliteLog) -> None:
+    def __init__(self, log: EventLog) -> None:
         self.log = log
-        self._conn = log.reader()
+        self._reader = log.reader()
         self._lock = threading.Lock()  # one connection, used from the server's thread pool
 
     def read(
@@ -64,7 +64,7 @@ class LiveTail:
         include_rejected: bool,
     ) -> dict[str, Any]:  # fmt: skip
         limit = max(1, min(limit, MAX_LIMIT))
-        ends = dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
+        ends = self._reader.end_offsets()
         if cursor:
             start = parse_cursor(cursor, self.log.partitions)
         else:
@@ -73,7 +73,7 @@ class LiveTail:
         positions = dict(ends)
         for partition in range(self.log.partitions):
             begin = start[partition] if partition in start else int(ends.get(partition, 0))
-            got = read_partition(self._conn, partition, begin, limit)
+            got = self._reader.read(partition, begin, limit)
             records.extend(got)
             positions[partition] = got[-1].offset + 1 if got else begin
         records.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset))
@@ -114,4 +114,4 @@ class LiveTail:
         }  # fmt: skip
 
     def close(self) -> None:
-        self._conn.close()
+        self._reader.close()

@@ -32,8 +32,6 @@ class AppendResult:
 class Producer(Protocol):
     partitions: int
 
-    def partition_for(self, key: bytes | None) -> int: ...
-
     def append(
         self,
         records: list[tuple[bytes | None, bytes]],
@@ -53,12 +51,22 @@ class Producer(Protocol):
 
 class Consumer(Protocol):
     group: str
+    generation: int
+    """Changes whenever the group rebalanced (partitions revoked or assigned): drop what was buffered."""
+
+    def assignment(self) -> list[int]:
+        """Partitions this member owns now."""
+        ...
 
     def committed(self) -> dict[int, int]: ...
 
     def seek(self, partition: int, offset: int) -> None: ...
 
     def position(self, partition: int) -> int: ...
+
+    def positions(self) -> dict[int, int]:
+        """Next offset to read of each owned partition whose position is known."""
+        ...
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
 
@@ -78,4 +86,43 @@ class LogAdmin(Protocol):
 
     def lag(self, group: str) -> int: ...
 
-    def size_bytes(self) -> int: ...
+    def size_bytes(self) -> int | None:
+        """Bytes the log holds on local disk (None when the log is remote and keeps its own retention)."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the log cannot take writes now (unreachable, missing topic), or None when it can."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TailReader(Protocol):
+    """Reads records by position without a consumer group (live view; nothing is committed)."""
+
+    def end_offsets(self) -> dict[int, int]: ...
+
+    def read(self, partition: int, position: int, max_records: int) -> list[Record]: ...
+
+    def close(self) -> None: ...
+
+
+class EventLog(Protocol):
+    """One event log, configured from settings: makes producers, consumers, admins and readers."""
+
+    backend: str
+    log_id: str
+    """Names this log in event ids and in the offsets each lake snapshot records."""
+    offsets_key: str
+    """Name of the snapshot property in which the lake records this log's offsets."""
+    partitions: int
+    deduplicates: bool
+    """True when append() itself drops repeated idempotency keys (else consumers must)."""
+
+    def producer(self) -> Producer: ...
+
+    def consumer(self, group: str) -> Consumer: ...
+
+    def admin(self) -> LogAdmin: ...
+
+    def reader(self) -> TailReader: ...

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater.core.errors import LogError
+from headwater.core.settings import Settings
 from headwater.log.base import AppendResult, Record
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,23 @@ def _connect(path: Path, *, writer: bool) -> sqlite3.Connection:
 class SqliteLog:
     """Opens (creating if needed) the embedded log at `path`, offsets in `offsets_path`."""
 
+    backend = "embedded"
+    deduplicates = True
+    offsets_key = "headwater.log-offsets"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteLog:
+        log_ = cls(settings.log_path, settings.offsets_path, settings.log_partitions)
+        log_.producer_options = {
+            "group_commit_wait_ms": settings.group_commit_wait_ms,
+            "dedupe_window_s": settings.dedupe_window_hours * 3600,
+            "retention_s": settings.log_retention_hours * 3600,
+            "retention_bytes": settings.log_retention_mb * 1024 * 1024,
+        }
+        return log_
+
     def __init__(self, path: Path, offsets_path: Path, partitions: int = 4) -> None:
+        self.producer_options: dict[str, Any] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.offsets_path = path, offsets_path
         conn = _connect(path, writer=True)
@@ -114,14 +131,13 @@ class SqliteLog:
             oconn.close()
 
     def producer(self, **kwargs: Any) -> SqliteProducer:
-        return SqliteProducer(self, **kwargs)
+        return SqliteProducer(self, **{**self.producer_options, **kwargs})
 
     def consumer(self, group: str) -> SqliteConsumer:
         return SqliteConsumer(self, group)
 
-    def reader(self) -> sqlite3.Connection:
-        """A read-only style connection for tools that read records without a group (live tail)."""
-        return _connect(self.path, writer=False)
+    def reader(self) -> SqliteReader:
+        return SqliteReader(self)
 
     def admin(self) -> SqliteAdmin:
         return SqliteAdmin(self)
@@ -172,9 +188,28 @@ class SqliteAdmin:
             page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * page_size)
 
+    def problem(self) -> str | None:
+        return None
+
     def close(self) -> None:
         self._conn.close()
         self._oconn.close()
+
+
+class SqliteReader:
+    """Reads records by position without a group (live tail)."""
+
+    def __init__(self, log_: SqliteLog) -> None:
+        self._conn = _connect(log_.path, writer=False)
+
+    def end_offsets(self) -> dict[int, int]:
+        return dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())
+
+    def read(self, partition: int, position: int, max_records: int) -> list[Record]:
+        return read_partition(self._conn, partition, position, max_records)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 _Item = tuple[list[tuple[bytes | None, bytes]], list[tuple[str, str] | None] | None, Future[AppendResult]]
@@ -431,6 +466,8 @@ def read_partition(conn: sqlite3.Connection, partition: int, position: int, max_
 class SqliteConsumer:
     """A member of a consumer group; owns every partition (one member per group in embedded mode)."""
 
+    generation = 0  # the only member: never rebalanced
+
     def __init__(self, log_: SqliteLog, group: str) -> None:
         self.group = group
         self.partitions = log_.partitions
@@ -447,6 +484,9 @@ class SqliteConsumer:
         end = self._conn.execute("SELECT next_offset FROM partition_state WHERE partition = ?", (partition,))
         return int(end.fetchone()[0])
 
+    def assignment(self) -> list[int]:
+        return list(range(self.partitions))
+
     def committed(self) -> dict[int, int]:
         rows = self._oconn.execute(
             "SELECT partition, next_offset FROM offsets WHERE group_id = ?", (self.group,)
@@ -458,6 +498,9 @@ class SqliteConsumer:
 
     def position(self, partition: int) -> int:
         return self._positions[partition]
+
+    def positions(self) -> dict[int, int]:
+        return dict(self._positions)
 
     def end_offsets(self) -> dict[int, int]:
         return dict(self._conn.execute("SELECT partition, next_offset FROM partition_state").fetchall())

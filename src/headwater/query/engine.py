@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,7 +24,7 @@ from pyiceberg.table import Table
 from headwater.core import metrics
 from headwater.core.errors import QueryError
 from headwater.core.settings import Settings
-from headwater.lake.tables import JSON_COLUMNS, SPECS, ensure_tables, open_catalog
+from headwater.lake.tables import JSON_COLUMNS, SPECS, ensure_tables, open_catalog, warehouse_uri
 
 log = logging.getLogger(__name__)
 DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
@@ -60,14 +61,16 @@ class QueryEngine:
         self.settings = settings
         self.catalog = catalog or open_catalog(settings)
         ensure_tables(self.catalog)
-        warehouse = str(settings.warehouse_path.resolve())
         config: dict[str, Any] = {"memory_limit": settings.query_memory_limit}
         if settings.query_threads:
             config["threads"] = settings.query_threads
         self._db = duckdb.connect(":memory:", config=config)
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute("SET enable_object_cache = true")
-        self._db.execute("SET allowed_directories = [?]", [warehouse + "/"])
+        warehouse = _local_path(warehouse_uri(settings)).rstrip("/") + "/"
+        if urlparse(warehouse).scheme in ("s3", "s3a"):
+            _open_object_store(self._db, settings)
+        self._db.execute("SET allowed_directories = [?]", [warehouse])
         self._db.execute("SET enable_external_access = false")
         self._db.execute("SET autoinstall_known_extensions = false")
         self._db.execute("SET autoload_known_extensions = false")
@@ -173,6 +176,28 @@ class QueryEngine:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _open_object_store(db: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Load httpfs from its PyPI package (no network) and give it the warehouse's S3 credentials."""
+    import duckdb_extension_httpfs  # the extension binary ships in this package
+
+    root = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    db.execute(f"LOAD '{root / 'httpfs.duckdb_extension'}'")
+    parts = ["TYPE s3", f"REGION {_quote(settings.s3_region)}", "URL_STYLE 'path'"]
+    if settings.s3_access_key_id:
+        parts += [f"KEY_ID {_quote(settings.s3_access_key_id)}", f"SECRET {_quote(settings.s3_secret_access_key)}"]
+    else:
+        parts.append("PROVIDER credential_chain")
+    if settings.s3_endpoint:
+        endpoint = urlparse(settings.s3_endpoint)
+        parts += [f"ENDPOINT {_quote(endpoint.netloc)}", f"USE_SSL {str(endpoint.scheme == 'https').lower()}"]
+    body = ", ".join(parts)
+    db.execute(f"CREATE SECRET headwater_warehouse ({body})")
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _clean(exc: Exception) -> str:

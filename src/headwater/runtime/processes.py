@@ -14,7 +14,7 @@ import uvicorn
 
 from headwater.core.errors import ConfigError
 from headwater.core.settings import Settings
-from headwater.log.sqlite import SqliteLog
+from headwater.log import open_log
 from headwater.runtime.lifecycle import die_with_parent
 from headwater.runtime.logs import setup_logging
 
@@ -124,11 +124,12 @@ def run_writer(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    event_log = SqliteLog(settings.log_path, settings.offsets_path, settings.log_partitions)
+    event_log = open_log(settings)
     consumer = event_log.consumer(GROUP)
-    writer = LakeWriter(settings, consumer, event_log.log_id, event_log.partitions)
+    writer = LakeWriter(settings, consumer, event_log)
     log.info(
-        "lake writer started (flush %d events / %d ms)",
+        "lake writer started on the %s log (flush %d events / %d ms)",
+        event_log.backend,
         settings.flush_events,
         settings.flush_interval_ms,
     )
