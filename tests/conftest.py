@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import RunningHeadwater, child_env, make_keys
+
+pytest_plugins = ["tests.services"]
 
 
 @pytest.fixture
@@ -15,12 +18,28 @@ def data_dir(tmp_path: Path) -> Path:
     return path
 
 
+DEPLOYMENTS = ["embedded", pytest.param("cluster", marks=pytest.mark.cluster)]
+
+
+@pytest.fixture(scope="module", params=DEPLOYMENTS)
+def deployment(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings of the deployment a module runs on: the embedded defaults, or Kafka + PostgreSQL + S3
+    (real services started once per test session, a fresh topic, database and bucket per module)."""
+    if request.param == "embedded":
+        return {}
+    from tests.services import cluster_settings  # registered as a plugin above: import it after that
+
+    services = (request.getfixturevalue(name) for name in ("kafka_broker", "postgres_server", "s3_server"))
+    return cluster_settings(*services, name=uuid.uuid4().hex[:12])
+
+
 @pytest.fixture(scope="module")
-def headwater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
-    """One `headwater up` per test module, with write / read / admin keys."""
+def headwater(tmp_path_factory: pytest.TempPathFactory, deployment: dict[str, str]) -> Iterator[RunningHeadwater]:
+    """One `headwater up` per test module and deployment, with write / read / admin keys."""
     data_dir = tmp_path_factory.mktemp("hw")
     keys = make_keys(data_dir)
-    running = RunningHeadwater(data_dir, child_env(data_dir, flush_interval_ms=200), keys=keys).start()
+    env = child_env(data_dir, flush_interval_ms=200, **deployment)
+    running = RunningHeadwater(data_dir, env, keys=keys, settings=deployment).start()
     try:
         yield running
     finally:

@@ -36,6 +36,7 @@ class RunningHeadwater:
     env: dict[str, str]
     command: str = "up"
     keys: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # the deployment's settings (empty: embedded)
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     log_path: Path | None = None

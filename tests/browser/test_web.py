@@ -23,14 +23,15 @@ PASSWORD = "analyst-password-1"
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
+def app(tmp_path_factory: pytest.TempPathFactory, deployment: dict[str, str]) -> Iterator[RunningHeadwater]:
     data_dir = tmp_path_factory.mktemp("web")
     keys = make_keys(data_dir)
     users = UserStore(data_dir / "users.db")
     users.create("ana", "analyst", PASSWORD)
     users.create("vic", "viewer", PASSWORD)
     users.close()
-    running = RunningHeadwater(data_dir, child_env(data_dir, flush_interval_ms=200), keys=keys).start()
+    env = child_env(data_dir, flush_interval_ms=200, **deployment)
+    running = RunningHeadwater(data_dir, env, keys=keys, settings=deployment).start()
     now = datetime.now(UTC)
     lines = []
     for person, steps in (("u-full", ["Signed Up", "Activated", "Paid"]), ("u-half", ["Signed Up", "Activated"]),

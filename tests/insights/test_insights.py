@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from headwater.core.events import EVENTS_SCHEMA
 from headwater.insights.engine import InsightEngine, InsightError, buckets
-from headwater.lake.tables import ensure_tables, open_catalog
+from headwater.lake.tables import close_catalog, ensure_tables, open_catalog
 from headwater.query.engine import QueryEngine
 from tests.helpers import make_settings
 
@@ -60,12 +61,20 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[InsightEngine, list[dict[str, Any]]]:
+def lake(
+    tmp_path_factory: pytest.TempPathFactory, deployment: dict[str, str]
+) -> Iterator[tuple[InsightEngine, list[Any]]]:
     data_dir = tmp_path_factory.mktemp("insights")
-    settings = make_settings(data_dir, query_max_rows=500_000)
+    settings = make_settings(data_dir, query_max_rows=500_000, **deployment)
     rows = generate()
-    ensure_tables(open_catalog(settings))["events"].append(to_table(rows))
-    return InsightEngine(QueryEngine(settings)), rows
+    catalog = open_catalog(settings)
+    ensure_tables(catalog)["events"].append(to_table(rows))
+    close_catalog(catalog)
+    query = QueryEngine(settings)
+    try:
+        yield InsightEngine(query), rows
+    finally:
+        query.close()
 
 
 def by_user(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -56,11 +56,19 @@ def test_keys_lifecycle(data_dir: Path) -> None:
 
 def test_settings_precedence_file_env_flag_and_masking(tmp_path: Path) -> None:
     config = tmp_path / "headwater.toml"
-    config.write_text('port = 7000\nhost = "0.0.0.0"\nquery_max_rows = 5\ncatalog_uri = "postgresql://u:secret@db/x"\n')
+    config.write_text(
+        'port = 7000\nhost = "0.0.0.0"\nquery_max_rows = 5\ncatalog_uri = "postgresql://u:secret-pg@db/x"\n'
+        's3_secret_access_key = "secret-s3"\n[kafka_client_options]\n"security.protocol" = "SASL_SSL"\n'
+        '"sasl.password" = "secret-kafka"\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
     shown = hw("config", "show", env=env, cwd=tmp_path).stdout
-    assert "port = 7000" in shown and 'host = "0.0.0.0"' in shown and "secret" not in shown
-    assert 'catalog_uri = "****"' in shown
+    assert "port = 7000" in shown and 'host = "0.0.0.0"' in shown and "secret-" not in shown
+    assert 'catalog_uri = "****"' in shown and 's3_secret_access_key = "****"' in shown
+    assert '"security.protocol":"SASL_SSL"' in shown and '"sasl.password":"****"' in shown
+    env["HEADWATER_KAFKA_CLIENT_OPTIONS"] = '{"client.rack": "eu-1"}'
+    assert '"client.rack":"eu-1"' in hw("config", "show", env=env, cwd=tmp_path).stdout
+    del env["HEADWATER_KAFKA_CLIENT_OPTIONS"]
     env["HEADWATER_PORT"] = "7100"
     env["HEADWATER_QUERY_MAX_ROWS"] = "9"
     shown = hw("config", "show", "--port", "7200", env=env, cwd=tmp_path).stdout
@@ -78,7 +86,7 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 
 def test_generate_query_formats_and_import(headwater: RunningHeadwater, tmp_path: Path) -> None:
-    env = child_env(headwater.data_dir)
+    env = child_env(headwater.data_dir, **headwater.settings)
     out = hw("generate", "--url", headwater.url, "--key", headwater.keys["write"], "--total", "1000", "--rate", "0",
              "--days", "3", env=env).stdout  # fmt: skip
     summary = orjson.loads(out.strip().splitlines()[-1])

@@ -70,12 +70,17 @@ def child_running(parent: int, name: str) -> int | None:
     return None
 
 
-def test_kill_9_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+def test_kill_9_loses_and_duplicates_nothing(tmp_path: Path, deployment: dict[str, str]) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     keys = make_keys(data_dir)
     env = child_env(
-        data_dir, flush_interval_ms=100, maintenance_interval_s=0.5, compact_min_files=4, query_max_rows=5_000_000
+        data_dir,
+        flush_interval_ms=100,
+        maintenance_interval_s=0.5,
+        compact_min_files=4,
+        query_max_rows=5_000_000,
+        **deployment,
     )
     running = RunningHeadwater(data_dir, env, keys=keys).start()
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""`headwater`: up, server, writer, query, generate, import, keys, config."""
+"""`headwater`: up, server, writer, doctor, query, generate, import, keys, config."""
 
 from __future__ import annotations
 
@@ -177,6 +177,23 @@ def writer(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         run_writer(settings_from(config, data_dir=data_dir))
     except HeadwaterError as exc:
         fail(str(exc))
+
+
+@app.command()
+def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Check the configured event log, catalog, warehouse and query engine; say what to fix."""
+    from headwater.runtime.doctor import run_checks
+
+    settings = settings_from(config, data_dir=data_dir)
+    out = Console(soft_wrap=True)
+    results = run_checks(settings)
+    for check in results:
+        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        out.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        if check.fix:
+            out.print(f"       fix: {check.fix}", highlight=False)
+    if not all(check.ok for check in results):
+        raise typer.Exit(1)
 
 
 @app.command()

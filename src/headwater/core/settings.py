@@ -16,7 +16,8 @@ from pydantic_settings import (
 
 from headwater.core.errors import ConfigError
 
-SECRET_FIELDS = frozenset({"catalog_uri", "demo_key", "s3_secret_access_key", "kafka_client_options"})
+SECRET_FIELDS = frozenset({"catalog_uri", "demo_key", "s3_secret_access_key"})
+SECRET_OPTION_WORDS = ("password", "secret", "jaas", "key.pem", "ssl.key", "token")  # in kafka_client_options
 LogBackend = Literal["embedded", "kafka"]
 
 
@@ -209,6 +210,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if name in SECRET_FIELDS and value:
                 out[name] = "****"
+            elif isinstance(value, dict):
+                out[name] = {k: "****" if any(w in k for w in SECRET_OPTION_WORDS) else v for k, v in value.items()}
             else:
                 out[name] = str(value) if isinstance(value, Path) else value
         return out

@@ -100,6 +100,13 @@ def open_catalog(settings: Settings) -> Catalog:
     )
 
 
+def close_catalog(catalog: Catalog) -> None:
+    """Release the catalog's database connections (a SQL catalog keeps a pool)."""
+    engine = getattr(catalog, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 def ensure_tables(catalog: Catalog) -> dict[str, Table]:
     """Create the namespace and tables when missing; return them by name."""
     with contextlib.suppress(NamespaceAlreadyExistsError):

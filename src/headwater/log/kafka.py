@@ -16,8 +16,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
@@ -30,6 +31,7 @@ from headwater.log.base import AppendResult, Record
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2
+T = TypeVar("T")
 _TIMEOUT_S = 10.0
 
 
@@ -106,6 +108,8 @@ class KafkaLog:
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:
             return None
+        if any(meta.leader < 0 for meta in topic.partitions.values()):
+            return None  # just created: not every partition has a leader yet
         return len(topic.partitions)
 
     def producer(self) -> KafkaProducer:
@@ -267,6 +271,37 @@ class KafkaProducer:
             self._thread.join()
 
 
+_TRANSIENT = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+}
+
+
+def _retrying(call: Callable[..., T], *args: Any, attempts: int = 25) -> T:
+    """`call(*args)`, asked again while the cluster answers that it is moving leaders or loading offsets."""
+    for attempt in range(attempts):
+        try:
+            return call(*args)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if attempt == attempts - 1 or not (error.retriable() or error.code() in _TRANSIENT):
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def _end_offsets(consumer: _Consumer, topic: str, partitions: int) -> dict[int, int]:
+    """High watermark of each partition."""
+
+    def high(partition: int) -> int:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), _TIMEOUT_S, False)[1])
+
+    return {partition: _retrying(high, partition) for partition in range(partitions)}
+
+
 def _record(message: Any) -> Record:
     return Record(message.partition(), message.offset(), message.key(), message.value() or b"", message.timestamp()[1])
 
@@ -394,19 +429,17 @@ class KafkaAdmin:
         self._lock = threading.Lock()
 
     def end_offsets(self) -> dict[int, int]:
-        out = {}
         with self._lock:
-            for partition in range(self.partitions):
-                tp = TopicPartition(self.topic, partition)
-                out[partition] = self._watermarks.get_watermark_offsets(tp, timeout=_TIMEOUT_S, cached=False)[1]
-        return out
+            return _end_offsets(self._watermarks, self.topic, self.partitions)
+
+    def _group_offsets(self, request: ConsumerGroupTopicPartitions) -> Any:
+        return self._admin.list_consumer_group_offsets([request])[request.group_id].result(_TIMEOUT_S)
 
     def _offsets_of(self, groups: list[str]) -> dict[str, dict[int, int]]:
         out: dict[str, dict[int, int]] = {}
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         for group in groups:
-            request = [ConsumerGroupTopicPartitions(group, tps)]
-            answer = self._admin.list_consumer_group_offsets(request)[group].result(_TIMEOUT_S)
+            answer = _retrying(self._group_offsets, ConsumerGroupTopicPartitions(group, tps))
             committed = {tp.partition: tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
             if committed:
                 out[group] = committed
@@ -414,7 +447,7 @@ class KafkaAdmin:
 
     def group_offsets(self) -> dict[str, dict[int, int]]:
         """Committed offsets on this topic of every group that has some."""
-        listed = self._admin.list_consumer_groups().result(_TIMEOUT_S)
+        listed = _retrying(lambda: self._admin.list_consumer_groups().result(_TIMEOUT_S))
         groups = sorted(g.group_id for g in listed.valid if g.group_id != "headwater-admin")
         return self._offsets_of(groups)
 
@@ -461,12 +494,8 @@ class KafkaReader:
         self._ends: dict[int, int] = {}
 
     def end_offsets(self) -> dict[int, int]:
-        ends = {}
-        for partition in range(self.partitions):
-            tp = TopicPartition(self.topic, partition)
-            ends[partition] = self._consumer.get_watermark_offsets(tp, timeout=_TIMEOUT_S, cached=False)[1]
-        self._ends = ends
-        return ends
+        self._ends = _end_offsets(self._consumer, self.topic, self.partitions)
+        return self._ends
 
     def read(self, partition: int, position: int, max_records: int) -> list[Record]:
         end = self._ends.get(partition)

@@ -24,7 +24,7 @@ from pyiceberg.table import Table
 from headwater.core import metrics
 from headwater.core.errors import QueryError
 from headwater.core.settings import Settings
-from headwater.lake.tables import JSON_COLUMNS, SPECS, ensure_tables, open_catalog, warehouse_uri
+from headwater.lake.tables import JSON_COLUMNS, SPECS, close_catalog, ensure_tables, open_catalog, warehouse_uri
 
 log = logging.getLogger(__name__)
 DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
@@ -59,6 +59,7 @@ class QueryEngine:
 
     def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
         self.settings = settings
+        self._owns_catalog = catalog is None
         self.catalog = catalog or open_catalog(settings)
         ensure_tables(self.catalog)
         config: dict[str, Any] = {"memory_limit": settings.query_memory_limit}
@@ -176,6 +177,8 @@ class QueryEngine:
 
     def close(self) -> None:
         self._db.close()
+        if self._owns_catalog:
+            close_catalog(self.catalog)
 
 
 def _open_object_store(db: duckdb.DuckDBPyConnection, settings: Settings) -> None:
