@@ -16,7 +16,7 @@ from pydantic_settings import (
 
 from headwater.core.errors import ConfigError
 
-SECRET_FIELDS = frozenset({"catalog_uri", "demo_key", "s3_secret_access_key"})
+SECRET_FIELDS = frozenset({"catalog_uri", "app_db_uri", "demo_key", "s3_secret_access_key"})
 SECRET_OPTION_WORDS = ("password", "secret", "jaas", "key.pem", "ssl.key", "token")  # in kafka_client_options
 LogBackend = Literal["embedded", "kafka"]
 
@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     )
     query_threads: int = Field(0, ge=0, description="DuckDB threads for queries (0 = number of cores).")
     query_memory_limit: str = Field("4GB", description="DuckDB memory limit for queries.")
+
+    # --- accounts and saved work
+    app_db_uri: str | None = Field(
+        None,
+        description="SQLAlchemy URI of the database for API keys, web users and sessions, saved insights and "
+        "dashboards (default: SQLite files in data_dir). Give every server the same one to share them.",
+    )
 
     # --- web users
     session_hours: float = Field(12.0, gt=0, description="Web sessions expire after this many hours.")
