@@ -69,7 +69,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         settings = Settings(data_dir=work, compact_min_files=24, snapshot_retention_minutes=1)
         tables = ensure_tables(open_catalog(settings))
-        maintenance = Maintenance(settings, tables, "headwater.log-offsets")
+        maintenance = Maintenance(settings, tables)
         engine = QueryEngine(settings)
         rng = np.random.default_rng(5)
         points = []

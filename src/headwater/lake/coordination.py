@@ -4,7 +4,7 @@ Both live beside the Iceberg catalog tables (PostgreSQL in a cluster, SQLite on 
 several writers on several machines need nothing more than the catalog they already share.
 
 **Claims** keep a repeated `messageId` out of the lake when the log cannot (Kafka keeps no index of
-message ids). A claim maps (source, message_id) to the log position (partition, offset) of the first
+message ids). A claim maps (source, message_id) to the log position (log, partition, offset) of the first
 record that carried it, and is written *before* the Iceberg commit of that record. A record is kept
 when the claim names its own position, so:
 - a retry of the same event (a later offset, or another partition) finds another position's claim
@@ -36,6 +36,7 @@ CLAIMS = sa.Table(
     _METADATA,
     sa.Column("source", sa.String(255), primary_key=True),
     sa.Column("message_id", sa.String(255), primary_key=True),
+    sa.Column("log_id", sa.String(255), nullable=False),
     sa.Column("log_partition", sa.Integer, nullable=False),
     sa.Column("log_offset", sa.BigInteger, nullable=False),
     sa.Column("claimed_ms", sa.BigInteger, nullable=False, index=True),
@@ -60,8 +61,9 @@ def open_engine(uri: str) -> sa.Engine:
 class ClaimStore:
     """First-position claims of (source, message_id); see the module docstring."""
 
-    def __init__(self, engine: sa.Engine, window_s: float) -> None:
+    def __init__(self, engine: sa.Engine, window_s: float, log_id: str) -> None:
         self.engine = engine
+        self.log_id = log_id
         self.window_ms = int(window_s * 1000)
         self._insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(CLAIMS)
 
@@ -74,23 +76,31 @@ class ClaimStore:
             first.setdefault((source, message_id), (partition, offset))
         now = int(time.time() * 1000)
         rows = [
-            {"source": s, "message_id": m, "log_partition": p, "log_offset": o, "claimed_ms": now}
+            {
+                "source": s,
+                "message_id": m,
+                "log_id": self.log_id,
+                "log_partition": p,
+                "log_offset": o,
+                "claimed_ms": now,
+            }
             for (s, m), (p, o) in first.items()
         ]
-        owners: dict[tuple[str, str], tuple[int, int]] = {}
+        owners: dict[tuple[str, str], tuple[str, int, int]] = {}
         with self.engine.begin() as conn:
             for chunk in _chunks(rows, _CHUNK):
                 conn.execute(self._insert.on_conflict_do_nothing(), chunk)
             keys = list(first)
             for part in _chunks(keys, _CHUNK):
-                query = sa.select(CLAIMS.c.source, CLAIMS.c.message_id, CLAIMS.c.log_partition, CLAIMS.c.log_offset)
-                query = query.where(sa.tuple_(CLAIMS.c.source, CLAIMS.c.message_id).in_(part))
-                for source, message_id, partition, offset in conn.execute(query):
-                    owners[(source, message_id)] = (partition, offset)
+                c = CLAIMS.c
+                query = sa.select(c.source, c.message_id, c.log_id, c.log_partition, c.log_offset)
+                query = query.where(sa.tuple_(c.source, c.message_id).in_(part))
+                for source, message_id, log_id, partition, offset in conn.execute(query):
+                    owners[(source, message_id)] = (log_id, partition, offset)
         return {
             index
             for index, (source, message_id, partition, offset) in enumerate(claims)
-            if owners.get((source, message_id), (partition, offset)) != (partition, offset)
+            if owners.get((source, message_id), (self.log_id, partition, offset)) != (self.log_id, partition, offset)
         }
 
     def purge(self) -> int:

@@ -38,7 +38,7 @@ from headwater.core.events import (
     check_segment,
 )
 from headwater.core.settings import Settings
-from headwater.lake.tables import ensure_tables, open_catalog
+from headwater.lake.tables import carried_offsets, ensure_tables, open_catalog
 
 BLOCK_ROWS = 50_000  # rows per worker task
 CHUNK_ROWS = 1_000_000  # rows per Iceberg commit
@@ -259,7 +259,8 @@ class Importer:
     def _append(self, name: str, data: pa.Table, props: dict[str, str]) -> None:
         for attempt in range(10):
             try:
-                self.tables[name].append(data, snapshot_properties=props)
+                table = self.tables[name]
+                table.append(data, snapshot_properties={**carried_offsets(table), **props})
                 return
             except CommitFailedException:  # the live writer committed meanwhile
                 self.tables[name] = self.catalog.load_table(f"headwater.{name}")

@@ -26,7 +26,7 @@ from pyiceberg.table import Table
 from headwater.core import metrics
 from headwater.core.settings import Settings
 from headwater.lake.coordination import ClaimStore, Lease
-from headwater.lake.tables import offsets_property, snapshot_offsets
+from headwater.lake.tables import carried_offsets
 
 log = logging.getLogger(__name__)
 MAX_SNAPSHOTS = 100
@@ -38,13 +38,11 @@ class Maintenance:
         self,
         settings: Settings,
         tables: dict[str, Table],
-        offsets_key: str,
         lease: Lease | None = None,
         claims: ClaimStore | None = None,
     ) -> None:
         self.settings = settings
         self.tables = tables  # shared with the writer: pyiceberg refreshes a Table in place on commit
-        self.offsets_key = offsets_key
         self.lease = lease
         self.claims = claims
         self._last_sweep = 0.0
@@ -85,14 +83,14 @@ class Maintenance:
 
     def _rewrite(self, name: str, files: list[DataFile]) -> None:
         table = self.tables[name]
-        offsets = snapshot_offsets(table, self.offsets_key)  # of the version this rewrite commits on
+
         parts = []
         for data_file in files:
             with table.io.new_input(data_file.file_path).open() as stream:
                 parts.append(pq.read_table(stream))
         merged = pa.concat_tables(parts, promote_options="default").sort_by(SORT_COLUMN[name])
         new_files = list(_dataframe_to_data_files(table.metadata, merged, table.io))
-        props = offsets_property(offsets, self.offsets_key) if offsets else {}
+        props = carried_offsets(table)  # of the version this rewrite commits on
         with (
             table.transaction() as tx,
             tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite,

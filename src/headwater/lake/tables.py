@@ -30,6 +30,9 @@ TABLE_PROPERTIES = {
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "20",
     "format-version": "2",
+    # Headwater retries a conflicting commit itself, after checking that the writer still owns its
+    # partitions (lake/writer.py); pyiceberg's own retry would re-apply the append without that check.
+    "commit.retry.num-retries": "0",
 }
 
 EVENTS = Schema(
@@ -115,7 +118,7 @@ def ensure_tables(catalog: Catalog) -> dict[str, Table]:
     for name, (schema, spec) in SPECS.items():
         identifier = f"{NAMESPACE}.{name}"
         try:
-            tables[name] = catalog.load_table(identifier)
+            tables[name] = _with_properties(catalog.load_table(identifier))
         except NoSuchTableError:
             try:
                 tables[name] = catalog.create_table(
@@ -124,6 +127,15 @@ def ensure_tables(catalog: Catalog) -> dict[str, Table]:
             except TableAlreadyExistsError:
                 tables[name] = catalog.load_table(identifier)
     return tables
+
+
+def _with_properties(table: Table) -> Table:
+    """Bring a table created by an older Headwater up to today's TABLE_PROPERTIES."""
+    stale = {k: v for k, v in TABLE_PROPERTIES.items() if k != "format-version" and table.properties.get(k) != v}
+    if stale:
+        with table.transaction() as tx:
+            tx.set_properties(stale)
+    return table
 
 
 def snapshot_offsets(table: Table, key: str = OFFSETS_PROPERTY) -> dict[int, int]:
@@ -142,6 +154,22 @@ def snapshot_offsets(table: Table, key: str = OFFSETS_PROPERTY) -> dict[int, int
             break
         snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
     return {}
+
+
+def carried_offsets(table: Table) -> dict[str, str]:
+    """Every log's offsets property as the table records them now, to repeat in a commit that is not
+    a lake writer's (import, compaction): snapshot expiry then never drops what the writers rely on."""
+    found: dict[str, str] = {}
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        summary: Any = snapshot.summary
+        for key, value in summary.additional_properties.items() if summary is not None else ():
+            if key.startswith(OFFSETS_PROPERTY):
+                found.setdefault(key, value)
+        if snapshot.parent_snapshot_id is None:
+            break
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
+    return found
 
 
 def offsets_property(offsets: dict[int, int], key: str = OFFSETS_PROPERTY) -> dict[str, str]:

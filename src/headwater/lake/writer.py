@@ -59,11 +59,13 @@ class LakeWriter:
         self.catalog = open_catalog(settings)
         self.tables: dict[str, Table] = ensure_tables(self.catalog)
         engine = open_engine(settings.effective_catalog_uri)
-        self.claims = None if event_log.deduplicates else ClaimStore(engine, settings.dedupe_window_hours * 3600)
+        self.claims = (
+            None if event_log.deduplicates else ClaimStore(engine, settings.dedupe_window_hours * 3600, self.log_id)
+        )
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         lease_s = max(60.0, settings.maintenance_interval_s * 3)
         self.maintenance = Maintenance(
-            settings, self.tables, self.offsets_key, Lease(engine, "maintenance", holder, lease_s), self.claims
+            settings, self.tables, Lease(engine, "maintenance", holder, lease_s), self.claims
         )
         self.table_offsets: dict[str, dict[int, int]] = {}
         self.commits = 0

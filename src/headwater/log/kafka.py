@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from headwater.core.errors import BackPressureError, LogError
 from headwater.core.settings import Settings
@@ -293,13 +293,15 @@ def _retrying(call: Callable[..., T], *args: Any, attempts: int = 25) -> T:
     raise AssertionError("unreachable")
 
 
-def _end_offsets(consumer: _Consumer, topic: str, partitions: int) -> dict[int, int]:
-    """High watermark of each partition."""
+def _end_offsets(admin: AdminClient, topic: str, partitions: int) -> dict[int, int]:
+    """High watermark of each partition, in one request per broker."""
 
-    def high(partition: int) -> int:
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), _TIMEOUT_S, False)[1])
+    def ask() -> dict[int, int]:
+        wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}
+        futures = admin.list_offsets(wanted, request_timeout=_TIMEOUT_S)
+        return {tp.partition: int(future.result().offset) for tp, future in futures.items()}
 
-    return {partition: _retrying(high, partition) for partition in range(partitions)}
+    return _retrying(ask)
 
 
 def _record(message: Any) -> Record:
@@ -425,12 +427,9 @@ class KafkaAdmin:
         self.topic = log_.topic
         self.bootstrap_servers = log_.bootstrap_servers
         self._admin = AdminClient({**log_.conf, "client.id": "headwater-admin"})
-        self._watermarks = _Consumer({**log_.conf, "group.id": "headwater-admin", "enable.auto.commit": False})
-        self._lock = threading.Lock()
 
     def end_offsets(self) -> dict[int, int]:
-        with self._lock:
-            return _end_offsets(self._watermarks, self.topic, self.partitions)
+        return _end_offsets(self._admin, self.topic, self.partitions)
 
     def _group_offsets(self, request: ConsumerGroupTopicPartitions) -> Any:
         return self._admin.list_consumer_group_offsets([request])[request.group_id].result(_TIMEOUT_S)
@@ -448,7 +447,7 @@ class KafkaAdmin:
     def group_offsets(self) -> dict[str, dict[int, int]]:
         """Committed offsets on this topic of every group that has some."""
         listed = _retrying(lambda: self._admin.list_consumer_groups().result(_TIMEOUT_S))
-        groups = sorted(g.group_id for g in listed.valid if g.group_id != "headwater-admin")
+        groups = sorted(g.group_id for g in listed.valid)
         return self._offsets_of(groups)
 
     def lag(self, group: str) -> int:
@@ -473,7 +472,7 @@ class KafkaAdmin:
         return None
 
     def close(self) -> None:
-        self._watermarks.close()
+        pass  # the admin client has no connections to close explicitly
 
 
 class KafkaReader:
@@ -491,10 +490,11 @@ class KafkaReader:
                 "client.id": "headwater-tail",
             }
         )
+        self._admin = AdminClient({**log_.conf, "client.id": "headwater-tail"})
         self._ends: dict[int, int] = {}
 
     def end_offsets(self) -> dict[int, int]:
-        self._ends = _end_offsets(self._consumer, self.topic, self.partitions)
+        self._ends = _end_offsets(self._admin, self.topic, self.partitions)
         return self._ends
 
     def read(self, partition: int, position: int, max_records: int) -> list[Record]:
