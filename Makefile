@@ -27,6 +27,11 @@ install: $(VENV)/.installed $(ECHARTS)  ## .venv with .venv/bin/headwater, and t
 browser:  ## Debian's chromium for the browser tests (apt, as root), when missing
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+.PHONY: services
+services:  ## real Kafka, S3 (s3proxy) and Spark jars from Maven Central into .tools/jars; Debian's PostgreSQL, when missing
+	@tools/fetch-jars.sh kafka s3proxy spark
+	@test -x /usr/lib/postgresql/15/bin/postgres || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
 up: install  ## start everything on embedded defaults, with demo traffic
 	$(VENV)/bin/headwater up --demo
 
@@ -35,7 +40,7 @@ lint: install  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-test: lint browser  ## the whole suite
+test: lint browser services  ## the whole suite
 	$(VENV)/bin/pytest
 
 screenshots: install browser  ## refresh docs/screenshots/ from the browser tests

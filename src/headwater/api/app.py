@@ -32,7 +32,7 @@ from headwater.auth.users import UserStore
 from headwater.boards.store import BoardStore
 from headwater.collector.parsing import Limits
 from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp
-from headwater.core.errors import AuthError, QueryError
+from headwater.core.errors import AuthError, LogError, QueryError
 from headwater.core.settings import Settings
 from headwater.insights.engine import InsightEngine
 from headwater.lake.writer import GROUP as LAKE_GROUP
@@ -60,6 +60,12 @@ class LogGauges:
         yield up
         if problem:
             return
+        try:
+            yield from self._offsets()
+        except LogError:
+            log.warning("log offsets unavailable for /metrics", exc_info=True)
+
+    def _offsets(self) -> Any:
         size_bytes = self.admin.size_bytes()
         if size_bytes is not None:
             size = GaugeMetricFamily("headwater_log_size_bytes", "Live bytes in the event log")
@@ -92,14 +98,14 @@ class Services:
         self.producer = self.log.producer()
         self.admin = self.log.admin()
         self.log_problem: str | None = None
-        self.keys = KeyStore(settings.keys_path)
-        self.users = UserStore(settings.users_path, settings.session_hours)
+        self.keys = KeyStore(settings.store_uri("keys"))
+        self.users = UserStore(settings.store_uri("users"), settings.session_hours)
         limits = Limits(settings.max_request_bytes, settings.max_event_bytes, settings.max_batch_events)
         self.collector = Collector(self.producer, self.keys, limits)
         self.query = QueryEngine(settings)
         self.insights = InsightEngine(self.query)
         self.live = LiveTail(self.log)
-        self.boards = BoardStore(settings.data_dir / "app.db")
+        self.boards = BoardStore(settings.store_uri("app"))
         self.started = time.time()
 
     def check_pressure(self) -> None:
@@ -109,13 +115,23 @@ class Services:
             return
         budget = self.settings.log_disk_budget_mb * 1024 * 1024
         size = self.admin.size_bytes() or 0
-        lag = self.admin.lag(LAKE_GROUP)
+        try:
+            lag = self.admin.lag(LAKE_GROUP)
+        except LogError:  # reachable but not answering this (e.g. a coordinator moving): keep the last state
+            return
         if size > budget:
             self.collector.overload = (f"log over disk budget: {size} of {budget} bytes used", 5)
         elif lag > self.settings.max_lake_lag_events:
             self.collector.overload = (f"lake writer lagging: {lag} events behind", 2)
         else:
             self.collector.overload = None
+
+    def lake_lag(self) -> int | None:
+        """Records the lake writers have not committed yet (None when the log cannot say now)."""
+        try:
+            return self.admin.lag(LAKE_GROUP)
+        except LogError:
+            return None
 
     def close(self) -> None:
         self.producer.close()
@@ -175,7 +191,7 @@ def build_app(settings: Settings) -> IngestApp:
             "version": __version__,
             "uptime_s": round(time.time() - s.started, 1),
             "log": {"backend": s.log.backend, "reachable": problem is None, "problem": problem},
-            "lake_lag_events": None if problem else await run_in_threadpool(s.admin.lag, LAKE_GROUP),
+            "lake_lag_events": None if problem else await run_in_threadpool(s.lake_lag),
             "overload": s.collector.overload[0] if s.collector.overload else None,
         }
         return json_response(payload)

@@ -280,17 +280,21 @@ _TRANSIENT = {
 }
 
 
-def _retrying(call: Callable[..., T], *args: Any, attempts: int = 25) -> T:
-    """`call(*args)`, asked again while the cluster answers that it is moving leaders or loading offsets."""
-    for attempt in range(attempts):
+def _retrying(call: Callable[..., T], *args: Any, within_s: float = _TIMEOUT_S) -> T:
+    """`call(*args)`, asked again while the cluster answers that it is moving leaders or loading
+    offsets, for at most `within_s` seconds in all; then LogError."""
+    deadline = time.monotonic() + within_s
+    while True:
         try:
             return call(*args)
         except KafkaException as exc:
             error = exc.args[0]
-            if attempt == attempts - 1 or not (error.retriable() or error.code() in _TRANSIENT):
-                raise
-            time.sleep(0.2)
-    raise AssertionError("unreachable")
+            if not (error.retriable() or error.code() in _TRANSIENT) or time.monotonic() > deadline:
+                raise LogError(f"Kafka: {error.str()}") from exc
+        except TimeoutError as exc:  # a future's result() timed out
+            if time.monotonic() > deadline:
+                raise LogError("Kafka did not answer in time") from exc
+        time.sleep(0.2)
 
 
 def _end_offsets(admin: AdminClient, topic: str, partitions: int) -> dict[int, int]:
@@ -298,7 +302,7 @@ def _end_offsets(admin: AdminClient, topic: str, partitions: int) -> dict[int, i
 
     def ask() -> dict[int, int]:
         wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}
-        futures = admin.list_offsets(wanted, request_timeout=_TIMEOUT_S)
+        futures = admin.list_offsets(wanted, request_timeout=_TIMEOUT_S / 2)
         return {tp.partition: int(future.result().offset) for tp, future in futures.items()}
 
     return _retrying(ask)
@@ -432,7 +436,9 @@ class KafkaAdmin:
         return _end_offsets(self._admin, self.topic, self.partitions)
 
     def _group_offsets(self, request: ConsumerGroupTopicPartitions) -> Any:
-        return self._admin.list_consumer_group_offsets([request])[request.group_id].result(_TIMEOUT_S)
+        return self._admin.list_consumer_group_offsets([request], request_timeout=_TIMEOUT_S / 2)[
+            request.group_id
+        ].result(_TIMEOUT_S)
 
     def _offsets_of(self, groups: list[str]) -> dict[str, dict[int, int]]:
         out: dict[str, dict[int, int]] = {}
@@ -446,7 +452,7 @@ class KafkaAdmin:
 
     def group_offsets(self) -> dict[str, dict[int, int]]:
         """Committed offsets on this topic of every group that has some."""
-        listed = _retrying(lambda: self._admin.list_consumer_groups().result(_TIMEOUT_S))
+        listed = _retrying(lambda: self._admin.list_consumer_groups(request_timeout=_TIMEOUT_S / 2).result(_TIMEOUT_S))
         groups = sorted(g.group_id for g in listed.valid)
         return self._offsets_of(groups)
 
