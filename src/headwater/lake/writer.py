@@ -42,6 +42,7 @@ from headwater.log.base import Consumer, EventLog, Record
 log = logging.getLogger(__name__)
 GROUP = "lake"
 COMMIT_ATTEMPTS = 20
+IDLE_COMMIT_S = 5.0
 
 
 class PartitionTakenOver(LakeError):
@@ -196,7 +197,7 @@ class LakeWriter:
 
     def run(self, stop: threading.Event, idle_poll_s: float = 0.05) -> None:
         """Main loop until `stop` is set; flushes what it holds before returning."""
-        last_maintenance = time.monotonic()
+        last_maintenance = last_offsets = time.monotonic()
         while not stop.is_set():
             timeout = idle_poll_s
             if self._buffer_started is not None:
@@ -208,6 +209,9 @@ class LakeWriter:
                     self.flush()
             except LakeError:
                 stop.wait(1.0)
+            if self._buffer_started is None and time.monotonic() - last_offsets >= IDLE_COMMIT_S:
+                last_offsets = time.monotonic()
+                self.consumer.commit(self.consumer.positions())  # one refused during a rebalance is repeated
             if time.monotonic() - last_maintenance >= self.settings.maintenance_interval_s and not self.due():
                 last_maintenance = time.monotonic()
                 self.run_maintenance()
