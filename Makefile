@@ -50,7 +50,7 @@ format: install
 	$(VENV)/bin/ruff format src tests bench
 	$(VENV)/bin/ruff check --fix src tests bench
 
-bench: install  ## benchmarks; JSON on stdout, a copy in bench/results/
+bench: install services  ## benchmarks; JSON on stdout, a copy in bench/results/
 	bash bench/run.sh
 
 clean:

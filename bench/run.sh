@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY -m bench.ingest --duration "${BENCH_DURATION:-20}"
 $PY -m bench.freshness
+$PY -m bench.kafka  # Kafka + PostgreSQL + S3 (needs Java and PostgreSQL 15: make services); BENCH_SECONDS or BENCH_DURATION
+$PY -m bench.s3_query  # the seed queries on an S3 warehouse (s3proxy): DuckDB httpfs vs pyarrow, local disk as reference
 $PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --keep
 $PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --users 100000 --keep
 $PY -m bench.importer
