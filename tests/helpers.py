@@ -20,8 +20,9 @@ from headwater.core.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_keys(data_dir: Path) -> dict[str, str]:
-    store = KeyStore(data_dir / "keys.db")
+def make_keys(data_dir: Path, uri: str | None = None) -> dict[str, str]:
+    """Keys test-write / test-read / test-admin in the data dir's keys.db, or in the database `uri` (app_db_uri)."""
+    store = KeyStore(uri or data_dir / "keys.db")
     try:
         return {role: store.create(f"test-{role}", role) for role in ("write", "read", "admin")}
     finally:

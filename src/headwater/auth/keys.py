@@ -1,4 +1,4 @@
-"""API keys stored hashed in SQLite, with roles write / read / admin.
+"""API keys stored hashed in the account database (`keys.db`, or `app_db_uri`), with roles write / read / admin.
 
 Keys are 32 random bytes, so a single SHA-256 is enough to store them (no password-style
 stretching is needed for high-entropy secrets, and lookups stay on the hot path's budget).
@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from headwater.core.database import open_store
 from headwater.core.errors import AuthError
-from headwater.core.sqlite import open_store
 
 ROLES = ("write", "read", "admin")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, revoked_ms INTEGER
-);
-"""
+_METADATA = sa.MetaData()
+_KEYS = sa.Table(
+    "api_keys",
+    _METADATA,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("revoked_ms", sa.BigInteger),
+)
+_COLUMNS = (_KEYS.c.name, _KEYS.c.role, _KEYS.c.prefix, _KEYS.c.created_ms, _KEYS.c.revoked_ms)
+_BY_HASH = sa.select(*_COLUMNS).where(_KEYS.c.key_hash == sa.bindparam("key_hash"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +53,13 @@ def hash_key(key: str) -> str:
 
 
 class KeyStore:
-    """Create, list, revoke and look up keys; lookups are cached for `cache_s` seconds."""
+    """Create, list, revoke and look up keys; lookups are cached for `cache_s` seconds.
 
-    def __init__(self, path: Path, cache_s: float = 2.0) -> None:
-        self._conn = open_store(path, _SCHEMA)
-        self._lock = threading.Lock()
+    `db` is a SQLAlchemy URI (every server sharing one database sees the same keys) or the path of a SQLite file.
+    """
+
+    def __init__(self, db: str | Path, cache_s: float = 2.0) -> None:
+        self._engine = open_store(db, _METADATA)
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._cache_s = cache_s
 
@@ -60,30 +69,28 @@ class KeyStore:
         if not name or len(name) > 100:
             raise AuthError("key name must be 1 to 100 characters", 400)
         key = f"hw_{role[0]}_" + secrets.token_urlsafe(32)
-        with self._lock:
-            try:
-                self._conn.execute(
-                    "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                    (name, role, hash_key(key), key[:9], int(time.time() * 1000)),
-                )
-            except sqlite3.IntegrityError:
-                raise AuthError(f"a key named {name!r} already exists; pick another name or revoke it", 409) from None
+        row = {"name": name, "role": role, "key_hash": hash_key(key), "prefix": key[:9]}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(_KEYS.insert().values(**row, created_ms=int(time.time() * 1000), revoked_ms=None))
+        except sa.exc.IntegrityError:
+            raise AuthError(f"a key named {name!r} already exists; pick another name or revoke it", 409) from None
         return key
 
     def list(self) -> list[ApiKey]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT name, role, prefix, created_ms, revoked_ms FROM api_keys ORDER BY created_ms"
-            ).fetchall()
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(*_COLUMNS).order_by(_KEYS.c.created_ms)).all()
         return [ApiKey(*row) for row in rows]
 
     def revoke(self, name: str) -> None:
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE api_keys SET revoked_ms = ? WHERE name = ? AND revoked_ms IS NULL",
-                (int(time.time() * 1000), name),
-            )
-        if cur.rowcount == 0:
+        update = (
+            _KEYS.update()
+            .where(_KEYS.c.name == name, _KEYS.c.revoked_ms.is_(None))
+            .values(revoked_ms=int(time.time() * 1000))
+        )
+        with self._engine.begin() as conn:
+            revoked = conn.execute(update).rowcount
+        if revoked == 0:
             raise AuthError(f"no active key named {name!r}", 404)
         self._cache.clear()
 
@@ -92,11 +99,12 @@ class KeyStore:
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self._cache_s:
             return cached[1]
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT name, role, prefix, created_ms, revoked_ms FROM api_keys WHERE key_hash = ?",
-                (hash_key(key),),
-            ).fetchone()
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(_BY_HASH, {"key_hash": hash_key(key)}).first()
+        except sa.exc.OperationalError as exc:  # the shared database is down: retryable, like a full log
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise AuthError(f"account database unavailable, retry later: {reason}", 503) from None
         found = ApiKey(*row) if row and row[4] is None else None
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -120,4 +128,4 @@ class KeyStore:
         return found
 
     def close(self) -> None:
-        self._conn.close()
+        self._engine.dispose()

@@ -1,4 +1,5 @@
-"""Saved insights, dashboards and share links in SQLite (`app.db` in the data directory).
+"""Saved insights, dashboards and share links in the account database (`app.db` in the data directory, or
+`app_db_uri` shared by every server).
 
 Share links are random 32-byte tokens stored hashed: unguessable, and revocable by deleting the
 row, which a purely signed (stateless) link would not be.
@@ -8,34 +9,47 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from headwater.core.database import open_store
 from headwater.core.errors import QueryError
-from headwater.core.sqlite import open_store
 from headwater.insights.engine import parse
 from headwater.insights.spec import Filter
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS insights (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL, query TEXT NOT NULL, created_by TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dashboards (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL, created_by TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS shares (
-    token_hash TEXT PRIMARY KEY, prefix TEXT NOT NULL, dashboard_id INTEGER NOT NULL
-        REFERENCES dashboards (id) ON DELETE CASCADE,
-    created_by TEXT NOT NULL, created_ms INTEGER NOT NULL
-);
-"""
+_METADATA = sa.MetaData()
+
+
+def _saved(name: str, column: str) -> sa.Table:
+    """A table of saved things (insights: `query`, dashboards: `body`), ids given by the database."""
+    return sa.Table(
+        name,
+        _METADATA,
+        sa.Column("id", sa.Integer, primary_key=True),  # INTEGER PRIMARY KEY (rowid) on SQLite, SERIAL on PostgreSQL
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column(column, sa.Text, nullable=False),
+        sa.Column("created_by", sa.Text, nullable=False),
+        sa.Column("created_ms", sa.BigInteger, nullable=False),
+        sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    )
+
+
+_INSIGHTS = _saved("insights", "query")
+_DASHBOARDS = _saved("dashboards", "body")
+_SHARES = sa.Table(
+    "shares",
+    _METADATA,
+    sa.Column("token_hash", sa.Text, primary_key=True),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("dashboard_id", sa.Integer, sa.ForeignKey("dashboards.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
 
 
 class BoardError(QueryError):
@@ -88,23 +102,22 @@ def _errors(exc: ValidationError) -> str:
 
 
 class BoardStore:
-    def __init__(self, path: Path) -> None:
-        self._conn = open_store(path, _SCHEMA)
-        self._lock = threading.Lock()
+    """`db` is a SQLAlchemy URI or the path of a SQLite file."""
 
-    def _upsert(self, table: str, column: str, name: str, text: str, user: str, row_id: int | None) -> int:
-        """Insert a row (row_id None) or update it; returns its id. `table`/`column` are constants."""
+    def __init__(self, db: str | Path) -> None:
+        self._engine = open_store(db, _METADATA)
+
+    def _upsert(self, table: sa.Table, column: str, name: str, text: str, user: str, row_id: int | None) -> int:
+        """Insert a row (row_id None) or update it; returns its id."""
         now = int(time.time() * 1000)
-        with self._lock:
+        values = {"name": name, column: text, "updated_ms": now}
+        with self._engine.begin() as conn:
             if row_id is None:
-                cur = self._conn.execute(
-                    f"INSERT INTO {table} (name, {column}, created_by, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?)",
-                    (name, text, user, now, now),
-                )
-                return int(cur.lastrowid or 0)
-            sql = f"UPDATE {table} SET name = ?, {column} = ?, updated_ms = ? WHERE id = ?"
-            if self._conn.execute(sql, (name, text, now, row_id)).rowcount == 0:
-                raise BoardError(f"no {'saved insight' if table == 'insights' else 'dashboard'} {row_id}", 404)
+                insert = table.insert().values(**values, created_by=user, created_ms=now).returning(table.c.id)
+                return int(conn.execute(insert).scalar_one())
+            updated = conn.execute(table.update().where(table.c.id == row_id).values(**values)).rowcount
+        if updated == 0:
+            raise BoardError(f"no {'saved insight' if table is _INSIGHTS else 'dashboard'} {row_id}", 404)
         return row_id
 
     # --- saved insights
@@ -114,27 +127,35 @@ class BoardStore:
         if not name:
             raise BoardError("name: required")
         parse(query)  # a saved insight must be runnable; errors name the field
-        insight_id = self._upsert("insights", "query", name, orjson.dumps(query).decode(), user, insight_id)
+        insight_id = self._upsert(_INSIGHTS, "query", name, orjson.dumps(query).decode(), user, insight_id)
         return self.insight(insight_id)
 
+    def _insights(self, insight_id: int | None) -> list[dict[str, Any]]:
+        t = _INSIGHTS
+        query = sa.select(t.c.id, t.c.name, t.c.query, t.c.created_by, t.c.updated_ms).order_by(t.c.id)
+        if insight_id is not None:
+            query = query.where(t.c.id == insight_id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            {"id": r[0], "name": r[1], "query": orjson.loads(r[2]), "created_by": r[3], "updated_ms": r[4]}
+            for r in rows
+        ]
+
     def insight(self, insight_id: int) -> dict[str, Any]:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT id, name, query, created_by, updated_ms FROM insights WHERE id = ?", (insight_id,)
-            ).fetchone()
-        if row is None:
+        found = self._insights(insight_id)
+        if not found:
             raise BoardError(f"no saved insight {insight_id}", 404)
-        return {"id": row[0], "name": row[1], "query": orjson.loads(row[2]), "created_by": row[3], "updated_ms": row[4]}
+        return found[0]
 
     def insights(self) -> list[dict[str, Any]]:
-        with self._lock:
-            ids = [r[0] for r in self._conn.execute("SELECT id FROM insights ORDER BY id").fetchall()]
-        return [self.insight(i) for i in ids]
+        return self._insights(None)
 
     def delete_insight(self, insight_id: int) -> None:
-        with self._lock:
-            if self._conn.execute("DELETE FROM insights WHERE id = ?", (insight_id,)).rowcount == 0:
-                raise BoardError(f"no saved insight {insight_id}", 404)
+        with self._engine.begin() as conn:
+            deleted = conn.execute(_INSIGHTS.delete().where(_INSIGHTS.c.id == insight_id)).rowcount
+        if deleted == 0:
+            raise BoardError(f"no saved insight {insight_id}", 404)
 
     # --- dashboards
     def save_dashboard(
@@ -149,59 +170,65 @@ class BoardStore:
         for tile in parsed.tiles:
             if tile.insight_id is not None:
                 self.insight(tile.insight_id)  # must exist
-        dashboard_id = self._upsert("dashboards", "body", name, parsed.model_dump_json(), user, dashboard_id)
+        dashboard_id = self._upsert(_DASHBOARDS, "body", name, parsed.model_dump_json(), user, dashboard_id)
         return self.dashboard(dashboard_id)
 
     def dashboard(self, dashboard_id: int) -> dict[str, Any]:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT id, name, body, created_by, updated_ms FROM dashboards WHERE id = ?", (dashboard_id,)
-            ).fetchone()
+        t = _DASHBOARDS
+        query = sa.select(t.c.id, t.c.name, t.c.body, t.c.created_by, t.c.updated_ms).where(t.c.id == dashboard_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
         if row is None:
             raise BoardError(f"no dashboard {dashboard_id}", 404)
         return {"id": row[0], "name": row[1], **orjson.loads(row[2]), "created_by": row[3], "updated_ms": row[4]}
 
     def dashboards(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._conn.execute("SELECT id, name, updated_ms FROM dashboards ORDER BY id").fetchall()
+        t = _DASHBOARDS
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.id, t.c.name, t.c.updated_ms).order_by(t.c.id)).all()
         return [{"id": r[0], "name": r[1], "updated_ms": r[2]} for r in rows]
 
     def delete_dashboard(self, dashboard_id: int) -> None:
-        with self._lock:
-            if self._conn.execute("DELETE FROM dashboards WHERE id = ?", (dashboard_id,)).rowcount == 0:
+        with self._engine.begin() as conn:
+            conn.execute(_SHARES.delete().where(_SHARES.c.dashboard_id == dashboard_id))  # also without foreign keys
+            deleted = conn.execute(_DASHBOARDS.delete().where(_DASHBOARDS.c.id == dashboard_id)).rowcount
+            if deleted == 0:
                 raise BoardError(f"no dashboard {dashboard_id}", 404)
 
     # --- share links
     def share(self, dashboard_id: int, user: str) -> str:
         self.dashboard(dashboard_id)
         token = secrets.token_urlsafe(32)
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO shares VALUES (?, ?, ?, ?, ?)",
-                (_digest(token), token[:8], dashboard_id, user, int(time.time() * 1000)),
-            )
+        row = {"token_hash": _digest(token), "prefix": token[:8], "dashboard_id": dashboard_id, "created_by": user}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(_SHARES.insert().values(**row, created_ms=int(time.time() * 1000)))
+        except sa.exc.IntegrityError:  # deleted meanwhile (by another server)
+            raise BoardError(f"no dashboard {dashboard_id}", 404) from None
         return token
 
     def shares(self, dashboard_id: int) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT prefix, created_by, created_ms FROM shares WHERE dashboard_id = ? ORDER BY created_ms",
-                (dashboard_id,),
-            ).fetchall()
+        t = _SHARES
+        query = (
+            sa.select(t.c.prefix, t.c.created_by, t.c.created_ms)
+            .where(t.c.dashboard_id == dashboard_id)
+            .order_by(t.c.created_ms)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
         return [{"prefix": r[0], "created_by": r[1], "created_ms": r[2]} for r in rows]
 
     def revoke_share(self, dashboard_id: int, prefix: str) -> None:
-        with self._lock:
-            cur = self._conn.execute("DELETE FROM shares WHERE dashboard_id = ? AND prefix = ?", (dashboard_id, prefix))
-        if cur.rowcount == 0:
+        t = _SHARES
+        with self._engine.begin() as conn:
+            deleted = conn.execute(t.delete().where(t.c.dashboard_id == dashboard_id, t.c.prefix == prefix)).rowcount
+        if deleted == 0:
             raise BoardError(f"no share link {prefix!r} on dashboard {dashboard_id}", 404)
 
     def shared_dashboard(self, token: str) -> int | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT dashboard_id FROM shares WHERE token_hash = ?", (_digest(token),)
-            ).fetchone()
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(_SHARES.c.dashboard_id).where(_SHARES.c.token_hash == _digest(token))).first()
         return int(row[0]) if row else None
 
     def close(self) -> None:
-        self._conn.close()
+        self._engine.dispose()

@@ -51,12 +51,19 @@ def settings_from(config: Path | None, **flags: Any) -> Settings:
 
 @contextlib.contextmanager
 def account_store(kind: str, config: Path | None, data_dir: Path | None) -> Iterator[Any]:
-    """The data dir's key store (`keys`) or user store (`users`), closed after; errors exit cleanly."""
+    """The key store (`keys`) or user store (`users`) in `app_db_uri` or the data dir, closed after; errors exit
+    cleanly."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from headwater.auth.keys import KeyStore
     from headwater.auth.users import UserStore
 
     settings = settings_from(config, data_dir=data_dir)
-    store: Any = KeyStore(settings.keys_path) if kind == "keys" else UserStore(settings.users_path)
+    store: Any = None
+    try:
+        store = KeyStore(settings.store_uri("keys")) if kind == "keys" else UserStore(settings.store_uri("users"))
+    except SQLAlchemyError as exc:
+        fail(f"cannot open the account database: {str(exc).strip().splitlines()[0]}")
     try:
         yield store
     except HeadwaterError as exc:
@@ -115,7 +122,7 @@ def _demo_key(settings: Settings) -> str:
     path = settings.data_dir / "demo.key"
     if path.exists():
         return path.read_text().strip()
-    store = KeyStore(settings.keys_path)
+    store = KeyStore(settings.store_uri("keys"))
     try:
         key = store.create(f"demo-admin-{int(time.time())}", "admin")
     finally:
@@ -410,12 +417,15 @@ def ensure_first_admin(settings: Settings) -> str | None:
 
     from headwater.auth.users import UserStore
 
-    store = UserStore(settings.users_path)
+    store = UserStore(settings.store_uri("users"))
     try:
         if store.count():
             return None
         password = secrets.token_urlsafe(12)
-        store.create("admin", "admin", password)
+        try:
+            store.create("admin", "admin", password)
+        except HeadwaterError:  # another server sharing app_db_uri created it first
+            return None
         return password
     finally:
         store.close()
@@ -443,7 +453,7 @@ def config_docs() -> None:
 def settings_markdown() -> str:
     lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         shown = "" if default is None else str(default)
         lines.append(f"| `{name}` | `HEADWATER_{name.upper()}` | `{shown}` | {field.description} |")
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -19,6 +20,7 @@ from headwater.core.errors import ConfigError
 SECRET_FIELDS = frozenset({"catalog_uri", "app_db_uri", "demo_key", "s3_secret_access_key"})
 SECRET_OPTION_WORDS = ("password", "secret", "jaas", "key.pem", "ssl.key", "token")  # in kafka_client_options
 LogBackend = Literal["embedded", "kafka"]
+AppStore = Literal["keys", "users", "app"]  # API keys, web users and sessions, saved insights and dashboards
 
 
 class Settings(BaseSettings):
@@ -200,6 +202,13 @@ class Settings(BaseSettings):
     @property
     def users_path(self) -> Path:
         return self.data_dir / "users.db"
+
+    def store_uri(self, store: AppStore) -> str:
+        """SQLAlchemy URI of an account store: `app_db_uri` (shared by all three), else `<data_dir>/<store>.db`."""
+        if self.app_db_uri:
+            return self.app_db_uri
+        path = (self.data_dir / f"{store}.db").resolve()
+        return "sqlite:///" + quote(str(path), safe="/")
 
     @property
     def warehouse_path(self) -> Path:

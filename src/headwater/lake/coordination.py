@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,20 @@ LEASES = sa.Table(
     sa.Column("holder", sa.String(255), nullable=False),
     sa.Column("expires_ms", sa.BigInteger, nullable=False),
 )
-_CHUNK = 500
+_BATCH_TABLE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS hw_claim_batch "
+    "(source VARCHAR(255), message_id VARCHAR(255), log_partition INTEGER, log_offset BIGINT)"
+)
+_CLAIM = (
+    "INSERT INTO headwater_message_claims (source, message_id, log_id, log_partition, log_offset, claimed_ms) "
+    "SELECT source, message_id, :log_id, log_partition, log_offset, :now FROM hw_claim_batch WHERE true "
+    "ON CONFLICT DO NOTHING"
+)  # `WHERE true`: SQLite's parser needs it between a SELECT and ON CONFLICT
+_TAKEN = (
+    "SELECT b.source, b.message_id FROM hw_claim_batch b JOIN headwater_message_claims c "
+    "ON c.source = b.source AND c.message_id = b.message_id "
+    "WHERE c.log_id <> :log_id OR c.log_partition <> b.log_partition OR c.log_offset <> b.log_offset"
+)
 
 
 def open_engine(uri: str) -> sa.Engine:
@@ -65,43 +76,45 @@ class ClaimStore:
         self.engine = engine
         self.log_id = log_id
         self.window_ms = int(window_s * 1000)
-        self._insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(CLAIMS)
 
     def duplicates(self, claims: list[tuple[str, str, int, int]]) -> set[int]:
-        """Indexes of `claims` (source, message_id, partition, offset) that repeat an earlier one."""
+        """Indexes of `claims` (source, message_id, partition, offset) that repeat an earlier one.
+
+        One round trip per step whatever the batch size: the batch goes into a temporary table
+        (COPY on PostgreSQL), is claimed with one INSERT ... SELECT ... ON CONFLICT DO NOTHING, and
+        the claims that name another position come back from one join.
+        """
         if not claims:
             return set()
         first: dict[tuple[str, str], tuple[int, int]] = {}
         for source, message_id, partition, offset in claims:
             first.setdefault((source, message_id), (partition, offset))
-        now = int(time.time() * 1000)
-        rows = [
-            {
-                "source": s,
-                "message_id": m,
-                "log_id": self.log_id,
-                "log_partition": p,
-                "log_offset": o,
-                "claimed_ms": now,
-            }
-            for (s, m), (p, o) in first.items()
-        ]
-        owners: dict[tuple[str, str], tuple[str, int, int]] = {}
+        rows = [(s, m, p, o) for (s, m), (p, o) in first.items()]
+        params = {"log_id": self.log_id, "now": int(time.time() * 1000)}
         with self.engine.begin() as conn:
-            for chunk in _chunks(rows, _CHUNK):
-                conn.execute(self._insert.on_conflict_do_nothing(), chunk)
-            keys = list(first)
-            for part in _chunks(keys, _CHUNK):
-                c = CLAIMS.c
-                query = sa.select(c.source, c.message_id, c.log_id, c.log_partition, c.log_offset)
-                query = query.where(sa.tuple_(c.source, c.message_id).in_(part))
-                for source, message_id, log_id, partition, offset in conn.execute(query):
-                    owners[(source, message_id)] = (log_id, partition, offset)
+            conn.execute(sa.text(_BATCH_TABLE))
+            conn.execute(sa.text("DELETE FROM hw_claim_batch"))
+            self._load(conn, rows)
+            conn.execute(sa.text(_CLAIM), params)
+            taken = {(s, m) for s, m in conn.execute(sa.text(_TAKEN), params)}
         return {
             index
             for index, (source, message_id, partition, offset) in enumerate(claims)
-            if owners.get((source, message_id), (self.log_id, partition, offset)) != (self.log_id, partition, offset)
+            if (source, message_id) in taken or first[(source, message_id)] != (partition, offset)
         }
+
+    def _load(self, conn: sa.Connection, rows: list[tuple[str, str, int, int]]) -> None:
+        if self.engine.dialect.name == "postgresql":
+            driver: Any = conn.connection.driver_connection
+            with (
+                driver.cursor() as cursor,
+                cursor.copy("COPY hw_claim_batch (source, message_id, log_partition, log_offset) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            return
+        insert = sa.text("INSERT INTO hw_claim_batch VALUES (:s, :m, :p, :o)")
+        conn.execute(insert, [{"s": s, "m": m, "p": p, "o": o} for s, m, p, o in rows])
 
     def purge(self) -> int:
         """Delete claims older than the window; return how many."""
@@ -137,8 +150,3 @@ class Lease:
     def release(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(LEASES).where(LEASES.c.name == self.name).where(LEASES.c.holder == self.holder))
-
-
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -333,6 +333,9 @@ class KafkaConsumer:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 2_000,
+                # also the rebalance timeout: how long a rebalance waits for members that died
+                # (kill -9) to rejoin; the lake writer polls at least every few seconds
+                "max.poll.interval.ms": 30_000,
                 "partition.assignment.strategy": "roundrobin",
                 **log_.conf,
                 "group.id": group,
@@ -381,8 +384,7 @@ class KafkaConsumer:
             except KafkaException as exc:
                 if attempt == 49:
                     raise LogError(f"cannot seek partition {partition}: {exc.args[0].str()}") from exc
-                self._consumer.poll(0)  # nothing is returned before assignment settles
-                time.sleep(0.05)
+                time.sleep(0.05)  # never poll() here: a message it returned would be lost
 
     def position(self, partition: int) -> int:
         return self._positions[partition]
