@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test lint format bench clean browser screenshots
+.PHONY: install up test test-fast test-cluster test-engines lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -40,8 +40,17 @@ lint: install  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-test: lint browser services  ## the whole suite
+test: lint browser services  ## the whole suite (what CI runs)
 	$(VENV)/bin/pytest
+
+test-fast: install  ## embedded deployment only: no Kafka, PostgreSQL, S3, Spark, Trino or crash loops
+	$(VENV)/bin/pytest -m "not cluster and not spark and not trino and not slow"
+
+test-cluster: install services  ## every suite on Kafka + PostgreSQL + S3 (started by the tests)
+	$(VENV)/bin/pytest -m cluster
+
+test-engines: install services  ## Spark and Trino read the lake
+	$(VENV)/bin/pytest -m "spark or trino"
 
 screenshots: install browser  ## refresh docs/screenshots/ from the browser tests
 	HEADWATER_SCREENSHOTS=1 $(VENV)/bin/pytest tests/browser -q
