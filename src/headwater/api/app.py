@@ -117,8 +117,8 @@ class Services:
         size = self.admin.size_bytes() or 0
         try:
             lag = self.admin.lag(LAKE_GROUP)
-        except LogError:  # reachable but not answering this (e.g. a coordinator moving): keep the last state
-            return
+        except LogError:  # reachable but not answering this (a coordinator moving): do not hold intake for it
+            lag = 0
         if size > budget:
             self.collector.overload = (f"log over disk budget: {size} of {budget} bytes used", 5)
         elif lag > self.settings.max_lake_lag_events:
@@ -279,6 +279,8 @@ def build_app(settings: Settings) -> IngestApp:
             page: dict[str, Any] = await run_in_threadpool(svc().live.read, cursor, **args)
         except ValueError as exc:
             return error_response(str(exc), 400)
+        except LogError as exc:
+            return error_response(f"event log unavailable: {exc}", 503, {"retry-after": "2"})
         return page
 
     async def live(request: Request) -> Response:
@@ -299,7 +301,11 @@ def build_app(settings: Settings) -> IngestApp:
             deadline = time.monotonic() + LIVE_STREAM_SECONDS  # bounded: clients reconnect, shutdown is quick
             yield b"retry: 500\n\n"
             while time.monotonic() < deadline and not await request.is_disconnected():
-                page = await run_in_threadpool(s.live.read, position, **args)
+                try:
+                    page = await run_in_threadpool(s.live.read, position, **args)
+                except LogError:  # the log is away for a moment: keep the stream, try again
+                    await asyncio.sleep(1.0)
+                    continue
                 position = page["cursor"]
                 for row in page["events"]:
                     yield b"id: " + position.encode() + b"\ndata: " + orjson.dumps(row) + b"\n\n"

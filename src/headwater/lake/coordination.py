@@ -27,6 +27,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from headwater.core.database import open_store
+
 log = logging.getLogger(__name__)
 _METADATA = sa.MetaData()
 CLAIMS = sa.Table(
@@ -63,10 +65,9 @@ _TAKEN = (
 
 
 def open_engine(uri: str) -> sa.Engine:
-    """An engine on the catalog's database, with Headwater's coordination tables created."""
-    engine = sa.create_engine(uri, pool_pre_ping=True)
-    _METADATA.create_all(engine, checkfirst=True)
-    return engine
+    """An engine on the catalog's database, with Headwater's coordination tables created (safely when
+    several writers start at once)."""
+    return open_store(uri, _METADATA)
 
 
 class ClaimStore:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType, TimestampType
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from headwater.core.settings import Settings
 
@@ -97,10 +99,18 @@ def storage_properties(settings: Settings) -> dict[str, str]:
 
 
 def open_catalog(settings: Settings) -> Catalog:
+    """The SQL catalog; its connections are checked before use (they survive a database restart), and
+    creating the catalog's tables is retried when another process does it at the same moment."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(
-        NAMESPACE, uri=settings.effective_catalog_uri, warehouse=warehouse_uri(settings), **storage_properties(settings)
-    )
+    props = {"pool_pre_ping": "true", **storage_properties(settings)}
+    for attempt in range(5):
+        try:
+            return SqlCatalog(NAMESPACE, uri=settings.effective_catalog_uri, warehouse=warehouse_uri(settings), **props)
+        except (IntegrityError, ProgrammingError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def close_catalog(catalog: Catalog) -> None:

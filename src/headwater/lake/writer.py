@@ -71,6 +71,7 @@ class LakeWriter:
         self.table_offsets: dict[str, dict[int, int]] = {}
         self.commits = 0
         self.generation = -1
+        self.broken = True
         self._builder = RowBuilder()
         self._claims: list[tuple[str, str, int, int]] = []
         self._claim_rows: list[int] = []
@@ -78,7 +79,13 @@ class LakeWriter:
         self.recover()
 
     def recover(self) -> None:
-        """Drop the buffer, reload table offsets, seek owned partitions back to the group offsets."""
+        """Drop the buffer, reload table offsets, seek owned partitions back to the group offsets.
+
+        Until it has succeeded (`broken` is False again) the writer neither polls nor commits
+        anything, not even group offsets: positions read before the failure must not be committed.
+        """
+        self.broken = True
+        self._reset_buffer()
         for name in self.tables:  # in place: Maintenance shares this dict
             self.tables[name] = self.catalog.load_table(f"headwater.{name}")
             self.table_offsets[name] = snapshot_offsets(self.tables[name], self.offsets_key)
@@ -89,7 +96,13 @@ class LakeWriter:
             for partition in owned:
                 floor = min(offsets.get(partition, 0) for offsets in self.table_offsets.values())
                 self.consumer.seek(partition, committed.get(partition, floor))
-        self._reset_buffer()
+        self.broken = False
+
+    def _try_recover(self) -> None:
+        try:
+            self.recover()
+        except Exception:
+            log.exception("recovery failed (catalog, storage or log unavailable?); will retry")
 
     def _reset_buffer(self) -> None:
         self._builder = RowBuilder()
@@ -149,11 +162,11 @@ class LakeWriter:
             self.consumer.commit(positions)
         except PartitionTakenOver as exc:
             log.warning("%s; dropping the buffer and re-reading the table", exc)
-            self.recover()
+            self._try_recover()
             return 0
         except Exception as exc:
             log.exception("lake commit failed; recovering from the last committed state")
-            self.recover()
+            self._try_recover()
             raise LakeError(f"lake commit failed: {exc}") from exc
         self._reset_buffer()
         return events.num_rows + quarantine.num_rows
@@ -203,12 +216,22 @@ class LakeWriter:
             if self._buffer_started is not None:
                 age = time.monotonic() - self._buffer_started
                 timeout = max(0.0, min(timeout, self.settings.flush_interval_ms / 1000 - age))
+            if self.broken:
+                self._try_recover()
+                if self.broken:
+                    stop.wait(1.0)
+                    continue
             try:
                 self.poll(timeout)
                 if self.due():
                     self.flush()
             except LakeError:
                 stop.wait(1.0)
+                continue
+            except Exception:
+                log.exception("lake writer step failed; recovering from the last committed state")
+                self.broken = True
+                continue
             if self._buffer_started is None and time.monotonic() - last_offsets >= IDLE_COMMIT_S:
                 last_offsets = time.monotonic()
                 self.consumer.commit(self.consumer.positions())  # one refused during a rebalance is repeated
@@ -219,6 +242,11 @@ class LakeWriter:
 
     def drain(self) -> None:
         """Read everything available now and commit it (graceful shutdown)."""
+        if self.broken:
+            self._try_recover()
+        if self.broken:
+            log.error("not draining: the writer could not recover; the next start resumes from the offsets")
+            return
         while self.poll(0.2) != 0:
             if self.due():
                 self.flush()
@@ -228,7 +256,17 @@ class LakeWriter:
     def run_maintenance(self) -> None:
         try:
             self.maintenance.run()
+        except CommitFailedException:
+            log.info("table maintenance lost a race with a commit; it runs again next round")
+            self._reload_tables()
         except Exception:
             log.exception("table maintenance failed; reloading the tables, will retry")
-            for name in self.tables:
+            self._reload_tables()
+
+    def _reload_tables(self) -> None:
+        try:
+            for name in self.tables:  # in place: Maintenance shares this dict
                 self.tables[name] = self.catalog.load_table(f"headwater.{name}")
+        except Exception:
+            log.exception("cannot reload the tables; recovering")
+            self.broken = True

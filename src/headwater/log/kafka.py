@@ -299,13 +299,9 @@ def _retrying(call: Callable[..., T], *args: Any, within_s: float = _TIMEOUT_S) 
 
 def _end_offsets(admin: AdminClient, topic: str, partitions: int) -> dict[int, int]:
     """High watermark of each partition, in one request per broker."""
-
-    def ask() -> dict[int, int]:
-        wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}
-        futures = admin.list_offsets(wanted, request_timeout=_TIMEOUT_S / 2)
-        return {tp.partition: int(future.result().offset) for tp, future in futures.items()}
-
-    return _retrying(ask)
+    wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}
+    futures = admin.list_offsets(wanted, request_timeout=_TIMEOUT_S / 2)
+    return {tp.partition: int(future.result(_TIMEOUT_S).offset) for tp, future in futures.items()}
 
 
 def _record(message: Any) -> Record:
@@ -426,27 +422,41 @@ class KafkaConsumer:
 
 
 class KafkaAdmin:
-    """End offsets, group offsets and lag read from the cluster."""
+    """End offsets, group offsets and lag read from the cluster.
+
+    An admin client whose requests were outstanding while the brokers were away can keep timing out
+    after they came back (seen with librdkafka 2.16 for minutes), so a failed call replaces it.
+    """
 
     def __init__(self, log_: KafkaLog) -> None:
         self.partitions = log_.partitions
         self.topic = log_.topic
         self.bootstrap_servers = log_.bootstrap_servers
-        self._admin = AdminClient({**log_.conf, "client.id": "headwater-admin"})
+        self._conf = {**log_.conf, "client.id": "headwater-admin"}
+        self._admin = AdminClient(self._conf)
+
+    def _ask(self, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return _retrying(call, *args)
+        except LogError:
+            self._admin = AdminClient(self._conf)
+            raise
 
     def end_offsets(self) -> dict[int, int]:
-        return _end_offsets(self._admin, self.topic, self.partitions)
+        return self._ask(_end_offsets, self._admin, self.topic, self.partitions)
 
     def _group_offsets(self, request: ConsumerGroupTopicPartitions) -> Any:
-        return self._admin.list_consumer_group_offsets([request], request_timeout=_TIMEOUT_S / 2)[
-            request.group_id
-        ].result(_TIMEOUT_S)
+        futures = self._admin.list_consumer_group_offsets([request], request_timeout=_TIMEOUT_S / 2)
+        return futures[request.group_id].result(_TIMEOUT_S)
+
+    def _list_groups(self) -> Any:
+        return self._admin.list_consumer_groups(request_timeout=_TIMEOUT_S / 2).result(_TIMEOUT_S)
 
     def _offsets_of(self, groups: list[str]) -> dict[str, dict[int, int]]:
         out: dict[str, dict[int, int]] = {}
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         for group in groups:
-            answer = _retrying(self._group_offsets, ConsumerGroupTopicPartitions(group, tps))
+            answer = self._ask(self._group_offsets, ConsumerGroupTopicPartitions(group, tps))
             committed = {tp.partition: tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
             if committed:
                 out[group] = committed
@@ -454,8 +464,7 @@ class KafkaAdmin:
 
     def group_offsets(self) -> dict[str, dict[int, int]]:
         """Committed offsets on this topic of every group that has some."""
-        listed = _retrying(lambda: self._admin.list_consumer_groups(request_timeout=_TIMEOUT_S / 2).result(_TIMEOUT_S))
-        groups = sorted(g.group_id for g in listed.valid)
+        groups = sorted(g.group_id for g in self._ask(self._list_groups).valid)
         return self._offsets_of(groups)
 
     def lag(self, group: str) -> int:
@@ -498,11 +507,16 @@ class KafkaReader:
                 "client.id": "headwater-tail",
             }
         )
-        self._admin = AdminClient({**log_.conf, "client.id": "headwater-tail"})
+        self._admin_conf = {**log_.conf, "client.id": "headwater-tail"}
+        self._admin = AdminClient(self._admin_conf)
         self._ends: dict[int, int] = {}
 
     def end_offsets(self) -> dict[int, int]:
-        self._ends = _end_offsets(self._admin, self.topic, self.partitions)
+        try:
+            self._ends = _retrying(_end_offsets, self._admin, self.topic, self.partitions)
+        except LogError:
+            self._admin = AdminClient(self._admin_conf)  # see KafkaAdmin
+            raise
         return self._ends
 
     def read(self, partition: int, position: int, max_records: int) -> list[Record]:

@@ -96,6 +96,15 @@ class QueryEngine:
                 self._db.execute(self._view_sql(name, table))
                 self._views[name] = table.metadata_location
 
+    def _refresh_or_refuse(self) -> None:
+        try:
+            self.refresh()
+        except Exception as exc:  # the catalog database or the storage is away
+            log.warning("cannot refresh the tables: %s", exc)
+            raise QueryError(
+                f"the lake's catalog or storage is unavailable, retry shortly: {_clean(exc)[:300]}", 503
+            ) from exc
+
     def data_version(self) -> tuple[str, ...]:
         """The table versions queries currently see (refreshed first): a cache key for results."""
         self.refresh()
@@ -140,7 +149,7 @@ class QueryEngine:
         started = time.perf_counter()
         try:
             self.check(sql)
-            self.refresh()
+            self._refresh_or_refuse()
             result = self._run(
                 sql,
                 max_rows or self.settings.query_max_rows,
