@@ -195,14 +195,6 @@ class Settings(BaseSettings):
     def offsets_path(self) -> Path:
         return self.data_dir / "log" / "offsets.db"
 
-    @property
-    def keys_path(self) -> Path:
-        return self.data_dir / "keys.db"
-
-    @property
-    def users_path(self) -> Path:
-        return self.data_dir / "users.db"
-
     def store_uri(self, store: AppStore) -> str:
         """SQLAlchemy URI of an account store: `app_db_uri` (shared by all three), else `<data_dir>/<store>.db`."""
         if self.app_db_uri:
