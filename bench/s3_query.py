@@ -118,7 +118,7 @@ def main() -> None:
                 "local_disk_duckdb": headwater_times(local, runs),
                 "s3_duckdb_httpfs": headwater_times(remote, runs),
                 "s3_pyarrow_filesystem": pyarrow_times(remote, s3, runs),
-                "note": "s3proxy (filesystem provider) on the same 2-core machine; hot, median",
+                "note": "s3proxy (filesystem-nio2 provider) on the same 2-core machine; hot, median",
             }
         finally:
             s3.stop()
