@@ -11,6 +11,7 @@ import orjson
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
+    CommitFailedException,
     NamespaceAlreadyExistsError,
     NoSuchTableError,
     TableAlreadyExistsError,
@@ -121,9 +122,26 @@ def close_catalog(catalog: Catalog) -> None:
 
 
 def ensure_tables(catalog: Catalog) -> dict[str, Table]:
-    """Create the namespace and tables when missing; return them by name."""
-    with contextlib.suppress(NamespaceAlreadyExistsError):
-        catalog.create_namespace(NAMESPACE)
+    """Create the namespace and tables when missing; return them by name.
+
+    Several writers and servers may start at once on a new catalog: whoever loses a race to create
+    something (pyiceberg reports it as "already exists" or as the database's unique violation) loads
+    what the winner created.
+    """
+    for attempt in range(5):
+        try:
+            return _ensure_tables(catalog)
+        except (IntegrityError, CommitFailedException):
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _ensure_tables(catalog: Catalog) -> dict[str, Table]:
+    if (NAMESPACE,) not in catalog.list_namespaces():
+        with contextlib.suppress(NamespaceAlreadyExistsError):
+            catalog.create_namespace(NAMESPACE)
     tables: dict[str, Table] = {}
     for name, (schema, spec) in SPECS.items():
         identifier = f"{NAMESPACE}.{name}"
