@@ -79,6 +79,18 @@ def _register(service: _Service) -> None:
 _DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout` seconds; nothing when not running."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_ports(count: int = 1) -> list[int]:
     """Distinct ports that are free right now (all sockets held open together, so they differ)."""
     with contextlib.ExitStack() as stack:
@@ -173,15 +185,7 @@ class _JavaService:
         """SIGTERM (clean shutdown), SIGKILL if it has not exited after `timeout` seconds."""
         proc, self.proc = self.proc, None
         _LIVE.pop(id(self), None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no clean shutdown."""

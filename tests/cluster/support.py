@@ -21,6 +21,7 @@ import httpx
 import orjson
 
 from tests.helpers import child_env, make_keys
+from tests.services import stop_process
 
 # pyarrow / pyiceberg's AWS SDK otherwise sends checksums s3proxy rejects (S3Server.start sets them in this
 # process too; set here as well so a child never depends on the order the fixtures ran in)
@@ -121,14 +122,7 @@ class Node:
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM (drain), SIGKILL after `timeout` seconds. Safe to call when not running."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout)
 
     # -- observation --------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -28,7 +27,7 @@ import pytest
 
 from tests.engines.common import CART, INVALID, PROBE_ID, PROBE_PATH, SENT, Deployment, fill_lake, ground_truth
 from tests.helpers import ROOT
-from tests.services import free_ports, log_tail
+from tests.services import free_ports, log_tail, stop_process
 
 pytestmark = pytest.mark.trino
 
@@ -146,13 +145,7 @@ class TrinoServer:
 
     def stop(self, timeout: float = 60) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
 
     def query(self, sql: str) -> list[list[Any]]:
         """Run one statement over Trino's client protocol; timestamps keep their precision (PARAMETRIC_DATETIME)."""
