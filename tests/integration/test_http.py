@@ -188,6 +188,7 @@ def test_health_and_metrics(headwater: RunningHeadwater) -> None:
         "headwater_http_requests_total",
         "headwater_events_accepted_total",
         "headwater_log_up{",
+        "headwater_log_producer_in_flight",
         'headwater_consumer_lag{group="lake"}',
         'headwater_consumer_partition_lag{group="lake",partition="0"}',
         "headwater_lake_commits_total",

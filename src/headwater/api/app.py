@@ -38,7 +38,7 @@ from headwater.insights.engine import InsightEngine
 from headwater.lake.writer import GROUP as LAKE_GROUP
 from headwater.live.tail import LiveTail
 from headwater.log import open_log
-from headwater.log.base import LogAdmin
+from headwater.log.base import LogAdmin, Producer
 from headwater.query.engine import QueryEngine
 from headwater.web.routes import web_routes
 
@@ -49,15 +49,20 @@ LIVE_STREAM_SECONDS = 30.0
 class LogGauges:
     """Prometheus collector computing log size and per-group lag at scrape time."""
 
-    def __init__(self, admin: LogAdmin, backend: str) -> None:
+    def __init__(self, admin: LogAdmin, producer: Producer, backend: str) -> None:
         self.admin = admin
+        self.producer = producer
         self.backend = backend
 
     def collect(self) -> Any:
         up = GaugeMetricFamily("headwater_log_up", "1 when the event log is reachable", labels=["backend"])
         problem = self.admin.problem()
         up.add_metric([self.backend], 0 if problem else 1)
-        yield up
+        in_flight = GaugeMetricFamily(
+            "headwater_log_producer_in_flight", "Records handed to the log producer and not yet acknowledged"
+        )
+        in_flight.add_metric([], self.producer.in_flight())
+        yield from (up, in_flight)
         if problem:
             return
         try:
@@ -172,7 +177,7 @@ def build_app(settings: Settings) -> IngestApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal services
         services = await run_in_threadpool(Services, settings)
-        gauges_registry.register(LogGauges(services.admin, services.log.backend))
+        gauges_registry.register(LogGauges(services.admin, services.producer, services.log.backend))
         app.state.services = services
         ingest.collector = services.collector
         watcher = asyncio.create_task(_watch(services))

@@ -46,6 +46,10 @@ class Producer(Protocol):
         """Append from asyncio code; returns once the records are durable."""
         ...
 
+    def in_flight(self) -> int:
+        """Records (or requests) handed to the producer and not yet durable: the producer's lag."""
+        ...
+
     def close(self) -> None: ...
 
 

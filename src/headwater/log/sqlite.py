@@ -301,6 +301,10 @@ class SqliteProducer:
         finally:
             self._flushing = False
 
+    def in_flight(self) -> int:
+        """Requests waiting for the next group commit."""
+        return self._queue.qsize() + len(self._pending)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
