@@ -31,6 +31,7 @@ browser:  ## Debian's chromium for the browser tests (apt, as root), when missin
 services:  ## real Kafka, S3 (s3proxy) and Spark jars from Maven Central into .tools/jars; Debian's PostgreSQL, when missing
 	@tools/fetch-jars.sh kafka s3proxy spark
 	@test -x /usr/lib/postgresql/15/bin/postgres || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+	@command -v ss >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null)  # the chaos test watches sockets
 
 up: install  ## start everything on embedded defaults, with demo traffic
 	$(VENV)/bin/headwater up --demo
