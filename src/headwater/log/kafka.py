@@ -382,9 +382,6 @@ class KafkaConsumer:
                     raise LogError(f"cannot seek partition {partition}: {exc.args[0].str()}") from exc
                 time.sleep(0.05)  # never poll() here: a message it returned would be lost
 
-    def position(self, partition: int) -> int:
-        return self._positions[partition]
-
     def positions(self) -> dict[int, int]:
         """Next offset to read for each owned partition this member has read from or sought."""
         return {p: o for p, o in self._positions.items() if p in self._assigned}

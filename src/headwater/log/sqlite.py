@@ -500,9 +500,6 @@ class SqliteConsumer:
     def seek(self, partition: int, offset: int) -> None:
         self._positions[partition] = offset
 
-    def position(self, partition: int) -> int:
-        return self._positions[partition]
-
     def positions(self) -> dict[int, int]:
         return dict(self._positions)
 
