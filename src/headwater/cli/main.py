@@ -187,6 +187,38 @@ def writer(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 
 
 @app.command()
+def process(
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Pipelines to run, 'file.py:name' or 'module:name' (default: the `processors` setting)."),
+    ] = None,
+    replay: Annotated[
+        str | None, typer.Option("--replay", help="Re-run this processor into fresh state (a new run).")
+    ] = None,
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from", help="With --replay: 'earliest', 'latest', offsets 'P:O,P:O', or an ISO time (event time)."
+        ),
+    ] = "earliest",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run stream processors on the log (a consumer group each; parallel by partition)."""
+    from headwater.runtime.processes import request_replay, run_processors
+
+    settings = settings_from(config, data_dir=data_dir)
+    try:
+        if replay is not None and not specs:
+            where = request_replay(settings, replay, start)
+            console.print(f"replay of {replay} from {start} requested; the running processor picks it up ({where})")
+            return
+        run_processors(settings, specs or settings.processors, replay=replay, start=start)
+    except HeadwaterError as exc:
+        fail(str(exc))
+
+
+@app.command()
 def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Check the configured event log, catalog, warehouse and query engine; say what to fix."""
     from headwater.runtime.doctor import run_checks

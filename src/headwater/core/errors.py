@@ -51,3 +51,20 @@ class QueryError(HeadwaterError):
 
 class ImportFileError(HeadwaterError):
     """A file given to `headwater import` cannot be read."""
+
+
+class ProcessingError(HeadwaterError):
+    """A stream processor is misdeclared, or failed in a way it cannot recover from."""
+
+
+class SinkError(ProcessingError):
+    """An external sink failed a write; worth retrying (unless it is a PermanentSinkError)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds the remote system asked to wait (HTTP Retry-After), when it said."""
+
+
+class PermanentSinkError(SinkError):
+    """Retrying cannot help (the record or the request is refused): the record goes to the dead letters."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("headwater_http_requests", "HTTP requests by route and status", ["route", "status"])
 EVENTS_ACCEPTED = Counter("headwater_events_accepted", "Events durably appended to the log", ["endpoint"])
@@ -30,3 +30,20 @@ QUERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 QUERY_ERRORS = Counter("headwater_query_errors", "Queries refused or failed", ["kind"])
+PROCESSOR_RECORDS_IN = Counter("headwater_processor_records_in", "Input records applied", ["processor"])
+PROCESSOR_RECORDS_OUT = Counter("headwater_processor_records_out", "Records emitted to outputs", ["processor"])
+PROCESSOR_LATE = Counter("headwater_processor_late", "Records later than their window's grace", ["processor"])
+PROCESSOR_ERRORS = Counter("headwater_processor_errors", "Records that raised (dead-lettered)", ["processor"])
+PROCESSOR_LAG = Gauge(
+    "headwater_processor_lag", "Input records not yet applied", ["processor"], multiprocess_mode="livemax"
+)
+PROCESSOR_STATE_BYTES = Gauge(
+    "headwater_processor_state_bytes", "Size of the state store", ["processor"], multiprocess_mode="livemax"
+)
+PROCESSOR_CHECKPOINT_SECONDS = Histogram(
+    "headwater_processor_checkpoint_seconds", "Time to write outputs, state and offsets",
+    ["processor"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)  # fmt: skip
+SINK_DELIVERED = Counter("headwater_sink_delivered", "Records delivered to external sinks", ["sink"])
+SINK_RETRIES = Counter("headwater_sink_retries", "Sink batches retried", ["sink"])
+SINK_DEAD_LETTERS = Counter("headwater_sink_dead_letters", "Records a sink gave up on", ["sink"])

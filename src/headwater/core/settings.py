@@ -159,6 +159,17 @@ class Settings(BaseSettings):
     # --- web users
     session_hours: float = Field(12.0, gt=0, description="Web sessions expire after this many hours.")
 
+    # --- stream processors
+    processors: list[str] = Field(
+        default_factory=list,
+        description="Processors `headwater up` runs, each 'path/to/file.py:name' or 'package.module:name' "
+        "naming a Pipeline (or a list of them).",
+    )
+    processor_checkpoint_ms: int = Field(
+        200, ge=10, description="How often a processor writes its outputs, state and input offsets."
+    )
+    processor_max_batch: int = Field(5_000, ge=1, description="Most input records a processor reads at once.")
+
     # --- demo
     demo_rate: float = Field(50.0, ge=0, description="Events per second sent by `headwater up --demo`.")
     demo_key: str | None = Field(None, description="Admin key printed by `up --demo` (created when absent).")
@@ -194,6 +205,11 @@ class Settings(BaseSettings):
     @property
     def offsets_path(self) -> Path:
         return self.data_dir / "log" / "offsets.db"
+
+    @property
+    def processors_dir(self) -> Path:
+        """State, manifests and status of stream processors."""
+        return self.data_dir / "processors"
 
     def store_uri(self, store: AppStore) -> str:
         """SQLAlchemy URI of an account store: `app_db_uri` (shared by all three), else `<data_dir>/<store>.db`."""

@@ -46,6 +46,22 @@ class Producer(Protocol):
         """Append from asyncio code; returns once the records are durable."""
         ...
 
+    def append_fenced(
+        self,
+        records: list[tuple[bytes | None, bytes]],
+        fence: str,
+        positions: list[int],
+        idempotency_keys: list[tuple[str, str] | None] | None = None,
+    ) -> Future[AppendResult]:
+        """Append records a deterministic writer (a stream processor) derived from its input.
+
+        `positions` grow along the writer's input (one per record); the log keeps the next position
+        per `fence` and drops records below it, so re-running the same input after a crash writes
+        nothing twice. Logs that cannot check this (`deduplicates = False`) append everything and
+        consumers drop repeats by the id each record carries.
+        """
+        ...
+
     def in_flight(self) -> int:
         """Records (or requests) handed to the producer and not yet durable: the producer's lag."""
         ...
@@ -128,3 +144,8 @@ class EventLog(Protocol):
     def admin(self) -> LogAdmin: ...
 
     def reader(self) -> TailReader: ...
+
+    def stream(self, name: str) -> EventLog:
+        """Another named stream on the same log (processor outputs, source feeds), with the same
+        partition count; created when missing."""
+        ...

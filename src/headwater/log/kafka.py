@@ -70,7 +70,15 @@ class KafkaLog:
         self.ack_timeout_ms = ack_timeout_ms
         # librdkafka's own log lines go through Python logging (and so json_logs) instead of stderr
         self.conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": log, **(options or {})}
+        self._options, self._replication_factor = options, replication_factor
         self.partitions = self._ensure_topic(partitions, replication_factor)
+
+    def stream(self, name: str) -> KafkaLog:
+        """The stream `name` as the topic `<topic>.<name>`, with this topic's partition count."""
+        return KafkaLog(
+            self.bootstrap_servers, f"{self.topic}.{name}", self.partitions, self._replication_factor,
+            self._options, self.ack_timeout_ms,
+        )  # fmt: skip
 
     def _ensure_topic(self, partitions: int, replication_factor: int) -> int:
         """Create the topic when missing; return its partition count (an existing topic's wins)."""
@@ -240,6 +248,17 @@ class KafkaProducer:
             return future
         self._produce(records, _Pending(count, done))
         return future
+
+    def append_fenced(
+        self,
+        records: list[tuple[bytes | None, bytes]],
+        fence: str,
+        positions: list[int],
+        idempotency_keys: list[tuple[str, str] | None] | None = None,
+    ) -> Future[AppendResult]:
+        """Kafka keeps no fence across producer sessions: everything is appended, and consumers
+        drop repeats by the id each record carries (`deduplicates = False`)."""
+        return self.append(records, idempotency_keys)
 
     async def append_async(
         self, records: list[tuple[bytes | None, bytes]], idempotency_keys: list[tuple[str, str] | None] | None = None

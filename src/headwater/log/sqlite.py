@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import queue
+import re
 import sqlite3
 import struct
 import threading
@@ -41,7 +42,9 @@ CREATE TABLE IF NOT EXISTS dedupe (
     PRIMARY KEY (source, message_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_seen ON dedupe (seen_ms);
+CREATE TABLE IF NOT EXISTS fences (fence TEXT PRIMARY KEY, next_position INTEGER NOT NULL) WITHOUT ROWID;
 """
+STREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _OFFSETS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (group_id TEXT PRIMARY KEY, registered_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (
@@ -142,6 +145,15 @@ class SqliteLog:
     def admin(self) -> SqliteAdmin:
         return SqliteAdmin(self)
 
+    def stream(self, name: str) -> SqliteLog:
+        """The stream `name`: its own SQLite file beside the events log (one writer lock per stream)."""
+        if not STREAM_NAME.match(name):
+            raise LogError(f"stream name {name!r}: use lower-case letters, digits, '_', '.' and '-'")
+        folder = self.path.parent / "streams"
+        other = SqliteLog(folder / f"{name}.db", folder / f"{name}.offsets.db", self.partitions)
+        other.producer_options = dict(self.producer_options)
+        return other
+
 
 class SqliteAdmin:
     """Read-only views: end offsets, committed offsets per group, lag, size."""
@@ -212,7 +224,8 @@ class SqliteReader:
         self._conn.close()
 
 
-_Item = tuple[list[tuple[bytes | None, bytes]], list[tuple[str, str] | None] | None, Future[AppendResult]]
+_Fence = tuple[str, list[int]] | None
+_Item = tuple[list[tuple[bytes | None, bytes]], list[tuple[str, str] | None] | None, Future[AppendResult], _Fence]
 
 
 class SqliteProducer:
@@ -265,7 +278,26 @@ class SqliteProducer:
         if self._closed:
             future.set_exception(LogError("the log is closed"))
             return future
-        self._queue.put((records, idempotency_keys, future))
+        self._queue.put((records, idempotency_keys, future, None))
+        return future
+
+    def append_fenced(
+        self,
+        records: list[tuple[bytes | None, bytes]],
+        fence: str,
+        positions: list[int],
+        idempotency_keys: list[tuple[str, str] | None] | None = None,
+    ) -> Future[AppendResult]:
+        """Like append(); records whose position is below the fence's mark were written before and
+        are dropped (reported as duplicates), in the same transaction that moves the mark."""
+        future: Future[AppendResult] = Future()
+        if self._closed:
+            future.set_exception(LogError("the log is closed"))
+            return future
+        if len(positions) != len(records):
+            future.set_exception(LogError("append_fenced: one position per record"))
+            return future
+        self._queue.put((records, idempotency_keys, future, (fence, positions)))
         return future
 
     async def append_async(
@@ -277,7 +309,7 @@ class SqliteProducer:
             raise LogError("the log is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendResult] = loop.create_future()
-        self._pending.append((records, idempotency_keys, future))
+        self._pending.append((records, idempotency_keys, future, None))
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush_pending(loop))
@@ -291,11 +323,11 @@ class SqliteProducer:
                     results = await loop.run_in_executor(self._executor, self._write_locked, items)
                 except Exception as exc:
                     log.exception("log append failed")
-                    for _, _, future in items:
+                    for *_, future, _fence in items:
                         if not future.done():
                             future.set_exception(LogError(f"log append failed: {exc}"))
                     continue
-                for (_, _, future), result in zip(items, results, strict=True):
+                for (*_, future, _fence), result in zip(items, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:
@@ -346,10 +378,10 @@ class SqliteProducer:
                 results = self._write_locked(items)
             except Exception as exc:
                 log.exception("log append failed")
-                for _, _, future in items:
+                for *_, future, _fence in items:
                     future.set_exception(LogError(f"log append failed: {exc}"))
             else:
-                for (_, _, future), result in zip(items, results, strict=True):
+                for (*_, future, _fence), result in zip(items, results, strict=True):
                     future.set_result(result)
 
     def _write(self, items: list[_Item]) -> list[AppendResult]:
@@ -360,9 +392,11 @@ class SqliteProducer:
         by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for records, keys, _ in items:
+            for records, keys, _, fence in items:
                 result = AppendResult()
                 skip: set[int] = set()
+                if fence is not None:
+                    skip.update(self._fenced_out(conn, fence))
                 if keys and self._dedupe_ms > 0:
                     for index, idem in enumerate(keys):
                         if idem is None:
@@ -374,7 +408,7 @@ class SqliteProducer:
                         )
                         if cur.rowcount == 0:
                             skip.add(index)
-                    result.duplicates = sorted(skip)
+                result.duplicates = sorted(skip)
                 for index, record in enumerate(records):
                     if index in skip:
                         continue
@@ -399,6 +433,20 @@ class SqliteProducer:
             conn.execute("ROLLBACK")
             raise
         return results
+
+    @staticmethod
+    def _fenced_out(conn: sqlite3.Connection, fence: tuple[str, list[int]]) -> list[int]:
+        """Indexes of records at positions the fence already passed; moves the fence past the rest."""
+        name, positions = fence
+        row = conn.execute("SELECT next_position FROM fences WHERE fence = ?", (name,)).fetchone()
+        mark = row[0] if row else -1
+        if positions:
+            conn.execute(
+                "INSERT INTO fences VALUES (?, ?) ON CONFLICT (fence) DO UPDATE SET next_position = "
+                "max(next_position, excluded.next_position)",
+                (name, max(positions) + 1),
+            )
+        return [index for index, position in enumerate(positions) if position < mark]
 
     def enforce_retention(self) -> int:
         """Delete batches every registered group has consumed and that are past retention."""

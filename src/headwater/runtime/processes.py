@@ -10,6 +10,7 @@ import socket
 import threading
 from pathlib import Path
 
+import orjson
 import uvicorn
 
 from headwater.core.errors import ConfigError
@@ -138,3 +139,42 @@ def run_writer(settings: Settings) -> None:
     finally:
         consumer.close()
     log.info("lake writer stopped after %d commits", writer.commits)
+
+
+def request_replay(settings: Settings, name: str, start: str) -> Path:
+    """Ask the running processor `name` to start a new run from `start` (it checks every second)."""
+    from headwater.processing.runtime import Manifest, parse_start
+
+    parse_start(start)  # refuse a bad --from here, not in the running process
+    manifest = Manifest(settings.processors_dir, name)
+    if manifest.read() is None:
+        raise ConfigError(f"no processor named {name!r} has run in {settings.data_dir}")
+    path = manifest.folder / "replay.json"
+    path.write_text(orjson.dumps({"from": start}).decode())
+    return path
+
+
+def run_processors(settings: Settings, specs: list[str], replay: str | None = None, start: str = "earliest") -> None:
+    """Run the pipelines named by `specs` until SIGTERM/SIGINT, then checkpoint and stop."""
+    from headwater.processing.worker import ProcessorWorker, load_pipelines
+
+    setup_logging(settings.log_level, settings.json_logs, "process")
+    if os.environ.get("HEADWATER_SUPERVISED") == "1":
+        die_with_parent()
+    if not specs:
+        raise ConfigError("no processors: name them (headwater process file.py:pipeline) or set `processors`")
+    pipelines = [p for spec in specs for p in load_pipelines(spec)]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if replay is not None:
+        from headwater.processing.runtime import Manifest
+
+        if replay not in {p.name for p in pipelines}:
+            raise ConfigError(f"--replay {replay}: not among the processors given ({[p.name for p in pipelines]})")
+        manifest = Manifest(settings.processors_dir, replay)
+        manifest.folder.mkdir(parents=True, exist_ok=True)
+        (manifest.folder / "replay.json").write_text(orjson.dumps({"from": start}).decode())
+    worker = ProcessorWorker(settings, open_log(settings), pipelines)
+    log.info("running %d processor(s): %s", len(pipelines), ", ".join(p.name for p in pipelines))
+    worker.run(stop)

@@ -53,6 +53,8 @@ class Supervisor:
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         self.port_file.unlink(missing_ok=True)
         self._start("writer")
+        if self.settings.processors:
+            self._start("process")
         self._start("server")
         deadline = time.monotonic() + 60
         while not self.port_file.exists():
@@ -76,7 +78,7 @@ class Supervisor:
 
     def stop(self) -> None:
         self.stopping.set()
-        for name in ("server", "writer"):  # intake first, then drain the writer
+        for name in ("server", "process", "writer"):  # intake first, then checkpoint, then drain the writer
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue

@@ -1,0 +1,287 @@
+"""Running a pipeline on the event log: a consumer group, one task per owned partition, checkpoints.
+
+Commit order of a checkpoint (every `checkpoint_interval_ms`, and before stopping):
+
+1. Outputs. Each output stream gets the records the tasks buffered since the last checkpoint,
+   appended with `append_fenced` under the fence `<processor>/<run>/<input partition>` and the
+   records' positions ((input offset << 20) + n). The call returns once they are durable.
+2. State. One SQLite transaction writes every changed state entry, the served state tables and,
+   per input partition, the next offset to apply and the stream time.
+3. Offsets. The consumer group's offsets are committed (for lag and retention only: on start
+   the task resumes from the offset in the state store, step 2).
+
+kill -9 between 1 and 2: the restarted processor resumes from the previous checkpoint with the
+previous state, recomputes the same outputs at the same positions, and the log drops those the
+fence has passed, so each output is in its stream once. Between 2 and 3: the state store's
+offsets win. Wall-clock timers are the exception to determinism: their outputs carry an
+idempotency key (timer, key, due time) instead. On a log that keeps no fences (Kafka),
+duplicates after a crash carry the same output id, and every Headwater consumer of a stream
+(processors on Kafka, table writers, sinks) drops or overwrites repeats by that id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from headwater.core import metrics
+from headwater.core.errors import ProcessingError
+from headwater.log.base import Consumer, EventLog, Producer, Record
+from headwater.processing.api import Pipeline
+from headwater.processing.records import Decoded, decode_events, decode_outputs
+from headwater.processing.state import StateStore
+from headwater.processing.task import Task
+
+log = logging.getLogger(__name__)
+EVENT_STREAMS = {"events"}
+
+
+def parse_start(start: str) -> str | dict[int, int] | int:
+    """--from: 'earliest', 'latest', 'P:O,P:O' (offsets), or an ISO time (events before it are skipped)."""
+    from datetime import UTC, datetime
+
+    if start in ("earliest", "latest"):
+        return start
+    if ":" in start and all(part.count(":") == 1 and part.replace(":", "").isdigit() for part in start.split(",")):
+        return {int(p): int(o) for p, o in (part.split(":") for part in start.split(","))}
+    try:
+        moment = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError:
+        raise ProcessingError(
+            f"--from {start!r}: use 'earliest', 'latest', offsets like '0:120,1:98', or an ISO time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def group_name(pipeline: str, run_id: str) -> str:
+    return f"processor.{pipeline}.{run_id}"
+
+
+class Manifest:
+    """`<state_dir>/<processor>/manifest.json`: the current run, input, outputs (read by the API)."""
+
+    def __init__(self, state_dir: Path, name: str) -> None:
+        self.folder = state_dir / name
+        self.path = self.folder / "manifest.json"
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.path)
+
+    def state_path(self, run_id: str) -> Path:
+        return self.folder / f"state-{run_id}.db"
+
+
+class ProcessorRunner:
+    """Runs `pipeline` against `event_log` until stopped; state under `state_dir/<name>/`."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        event_log: EventLog,
+        state_dir: Path,
+        *,
+        checkpoint_interval_ms: int = 200,
+        max_batch: int = 5000,
+        new_run: bool = False,
+        start: str = "earliest",
+    ) -> None:
+        self.pipeline = pipeline
+        self.event_log = event_log
+        self.checkpoint_interval = checkpoint_interval_ms / 1000
+        self.max_batch = max_batch
+        self.manifest = Manifest(state_dir, pipeline.name)
+        previous = self.manifest.read()
+        if previous is None or new_run:
+            self.run_id = uuid.uuid4().hex[:8]
+        else:
+            self.run_id = str(previous["run"])
+        self.input_log = event_log if pipeline.input in EVENT_STREAMS else event_log.stream(pipeline.input)
+        self._decode = self._events if pipeline.input in EVENT_STREAMS else decode_outputs
+        self.state = StateStore(self.manifest.state_path(self.run_id))
+        self.manifest.write(
+            {
+                "processor": pipeline.name, "description": pipeline.description, "run": self.run_id,
+                "input": pipeline.input, "partitions": self.input_log.partitions, "outputs": pipeline.outputs(),
+                "started_at": int(time.time() * 1000), "previous_run": previous["run"] if previous else None,
+            }
+        )  # fmt: skip
+        self.consumer: Consumer = self.input_log.consumer(group_name(pipeline.name, self.run_id))
+        where = parse_start(start)
+        self.min_event_time = where if isinstance(where, int) else None
+        self.start_from: dict[int, int] = where if isinstance(where, dict) else {}
+        if where == "latest":
+            admin = self.input_log.admin()
+            try:
+                self.start_from = admin.end_offsets()
+            finally:
+                admin.close()
+        elif where != "latest" and not self.start_from:
+            self.start_from = dict.fromkeys(range(self.input_log.partitions), 0)
+        self._producers: dict[str, Producer] = {}
+        self.tasks: dict[int, Task] = {}
+        self.generation = -1
+        self._last_checkpoint = time.monotonic()
+        self._last_tick = 0.0
+        self.checkpoints = 0
+        self.stats = {"in": 0, "out": 0, "late": 0, "errors": 0}
+        self.last_error: str | None = None
+        for table in pipeline.tables.values():
+            table.refresh(force=True)
+
+    def _events(self, records: list[Record]) -> Iterator[Decoded]:
+        return decode_events(records, self.input_log.log_id)
+
+    def _producer(self, stream: str) -> Producer:
+        if stream not in self._producers:
+            self._producers[stream] = self.event_log.stream(stream).producer()
+        return self._producers[stream]
+
+    # -- partitions -------------------------------------------------------------------------------
+    def _sync_assignment(self) -> None:
+        """After a rebalance: drop tasks of partitions we lost (unsaved work is redone by the new
+        owner from the last checkpoint), and start tasks for new ones from their checkpoint."""
+        owned = set(self.consumer.assignment())
+        for partition in list(self.tasks):
+            if partition not in owned:
+                del self.tasks[partition]
+        for partition in sorted(owned - set(self.tasks)):
+            task = Task(self.pipeline, partition, self.state, self.pipeline.tables, self.run_id)
+            self.tasks[partition] = task
+            if task.checkpoint is not None:
+                self.consumer.seek(partition, task.checkpoint[0])
+            elif partition in self.start_from:
+                self.consumer.seek(partition, self.start_from[partition])
+        self.generation = self.consumer.generation
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def poll(self, timeout_s: float = 0.05) -> int:
+        """Read and apply one batch; checkpoint when due. Returns records read."""
+        if self.generation != self.consumer.generation or not self.tasks:
+            self._sync_assignment()
+        records = self.consumer.poll(self.max_batch, timeout_s)
+        if self.consumer.generation != self.generation:
+            self._sync_assignment()  # the batch may straddle a rebalance: re-read from checkpoints
+            return 0
+        by_partition: dict[int, list[Record]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        for partition, batch in by_partition.items():
+            task = self.tasks.get(partition)
+            if task is None:
+                continue
+            floor = self.min_event_time
+            for key, value, ts, offset in self._decode(batch):
+                if floor is None or ts >= floor:
+                    task.process(key, value, ts, offset)
+            task.next_offset = max(task.next_offset, batch[-1].offset + 1)
+        now = time.monotonic()
+        if now - self._last_tick >= 0.1:
+            self._last_tick = now
+            for table in self.pipeline.tables.values():
+                table.refresh()
+            for task in self.tasks.values():
+                task.tick()
+        if now - self._last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint()
+        return len(records)
+
+    def checkpoint(self) -> None:
+        """Outputs, then state and input offsets, then group offsets (see the module docstring)."""
+        started = time.perf_counter()
+        self._last_checkpoint = time.monotonic()
+        futures = []
+        for partition, task in self.tasks.items():
+            fence = f"{self.pipeline.name}/{self.run_id}/{partition}"
+            for stream, items in task.take_outputs().items():
+                futures.append(
+                    self._producer(stream).append_fenced(
+                        [(item.key, item.value) for item in items],
+                        fence,
+                        [item.position for item in items],
+                        [item.idempotency for item in items] if any(i.idempotency for i in items) else None,
+                    )
+                )
+        for future in futures:
+            future.result()
+        checkpoints = {p: (t.next_offset, t.stream_time) for p, t in self.tasks.items() if t.next_offset >= 0}
+        stores = [store for task in self.tasks.values() for store in task.stores()]
+        served = [table for task in self.tasks.values() for table in task.served()]
+        self.state.commit(stores, served, checkpoints)
+        if checkpoints:
+            self.consumer.commit({p: offset for p, (offset, _) in checkpoints.items()})
+        self.checkpoints += 1
+        self._report(time.perf_counter() - started)
+
+    def _report(self, seconds: float) -> None:
+        name = self.pipeline.name
+        totals = {"in": 0, "out": 0, "late": 0, "errors": 0}
+        for task in self.tasks.values():
+            totals["in"] += task.records_in
+            totals["out"] += task.records_out
+            totals["late"] += task.late_count
+            totals["errors"] += task.error_count
+            self.last_error = task.last_error or self.last_error
+        deltas = {k: max(0, totals[k] - self.stats[k]) for k in totals}
+        self.stats = totals
+        metrics.PROCESSOR_RECORDS_IN.labels(name).inc(deltas["in"])
+        metrics.PROCESSOR_RECORDS_OUT.labels(name).inc(deltas["out"])
+        metrics.PROCESSOR_LATE.labels(name).inc(deltas["late"])
+        metrics.PROCESSOR_ERRORS.labels(name).inc(deltas["errors"])
+        metrics.PROCESSOR_CHECKPOINT_SECONDS.labels(name).observe(seconds)
+        if self.checkpoints % 10 == 1:
+            metrics.PROCESSOR_STATE_BYTES.labels(name).set(self.state.size_bytes())
+            metrics.PROCESSOR_LAG.labels(name).set(self.lag())
+            self._write_status()
+
+    def lag(self) -> int:
+        admin = self.input_log.admin()
+        try:
+            ends = admin.end_offsets()
+        finally:
+            admin.close()
+        return sum(max(0, end - max(self.tasks[p].next_offset, 0)) for p, end in ends.items() if p in self.tasks)
+
+    def _write_status(self) -> None:
+        status = {
+            "run": self.run_id, "updated_at": int(time.time() * 1000), "checkpoints": self.checkpoints,
+            "records_in": self.stats["in"], "records_out": self.stats["out"], "late": self.stats["late"],
+            "errors": self.stats["errors"], "last_error": self.last_error, "lag": self.lag(),
+            "state_bytes": self.state.size_bytes(), "partitions": sorted(self.tasks),
+        }  # fmt: skip
+        path = self.manifest.folder / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(path)
+
+    def run(self, stop: threading.Event, idle_poll_s: float = 0.05) -> None:
+        log.info("processor %s (run %s) reading %s", self.pipeline.name, self.run_id, self.pipeline.input)
+        try:
+            while not stop.is_set():
+                self.poll(idle_poll_s)
+            self.checkpoint()
+        except ProcessingError:
+            log.exception("processor %s stopped", self.pipeline.name)
+            raise
+
+    def close(self) -> None:
+        for producer in self._producers.values():
+            producer.close()
+        self.consumer.close()
+        self.state.close()

@@ -1,0 +1,195 @@
+"""`headwater process`: load pipelines, run each with its table writers and sinks, in one process.
+
+A pipeline is named in settings as 'path/to/file.py:attr' or 'package.module:attr', where attr
+is a Pipeline or a list of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from headwater.core.errors import ProcessingError
+from headwater.core.settings import Settings
+from headwater.log.base import EventLog
+from headwater.processing.api import Output, Pipeline
+from headwater.processing.runtime import ProcessorRunner
+from headwater.processing.task import output_stream
+
+log = logging.getLogger(__name__)
+LATE_TABLE = "processor_late"
+ERRORS_TABLE = "processor_errors"
+
+
+def load_pipelines(spec: str) -> list[Pipeline]:
+    """Import 'file.py:attr' or 'module:attr' and return the Pipeline(s) it names."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ProcessingError(f"processor {spec!r}: expected 'path/to/file.py:name' or 'package.module:name'")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.exists():
+            raise ProcessingError(f"processor {spec!r}: {path} does not exist")
+        module_name = f"headwater_user_{path.stem}_{abs(hash(str(path)))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ProcessingError(f"processor {spec!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        sys.path.insert(0, str(path.parent))
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    found: Any = getattr(module, attr, None)
+    if callable(found) and not isinstance(found, Pipeline):
+        found = found()
+    pipelines = found if isinstance(found, list | tuple) else [found]
+    if not pipelines or not all(isinstance(p, Pipeline) for p in pipelines):
+        raise ProcessingError(f"processor {spec!r}: {attr} is not a Pipeline (or a list of them)")
+    return list(pipelines)
+
+
+def table_streams(pipeline: Pipeline) -> dict[str, str]:
+    """Stream -> lake table for everything the pipeline lands in Iceberg (late and failed records too)."""
+    out = {f"{pipeline.name}.late": LATE_TABLE, f"{pipeline.name}.errors": ERRORS_TABLE}
+    for node in pipeline.walk():
+        if isinstance(node, Output) and node.kind == "tables":
+            out[str(output_stream(pipeline.name, node))] = node.name
+    return out
+
+
+class ProcessorWorker:
+    """Runs pipelines (a thread each), the table writers of their outputs and their sinks."""
+
+    def __init__(self, settings: Settings, event_log: EventLog, pipelines: list[Pipeline]) -> None:
+        self.settings, self.event_log, self.pipelines = settings, event_log, pipelines
+        names = [p.name for p in pipelines]
+        if len(set(names)) != len(names):
+            raise ProcessingError(f"two processors share a name: {sorted(names)}")
+        self.runners = []
+        for p in pipelines:
+            start = self._pending_replay(p)
+            self.runners.append(
+                ProcessorRunner(
+                    p, event_log, settings.processors_dir, new_run=start is not None, start=start or "earliest",
+                    checkpoint_interval_ms=settings.processor_checkpoint_ms, max_batch=settings.processor_max_batch,
+                )
+            )  # fmt: skip
+        self._threads: list[threading.Thread] = []
+        self.failures: list[str] = []
+
+    def _pending_replay(self, pipeline: Pipeline) -> str | None:
+        path = self.settings.processors_dir / pipeline.name / "replay.json"
+        if not path.exists():
+            return None
+        start = str(orjson.loads(path.read_bytes())["from"])
+        path.unlink()
+        return start
+
+    def _table_writers(self, stop: threading.Event) -> None:
+        from headwater.lake.tables import open_catalog
+        from headwater.processing.tables import StreamTableWriter
+
+        catalog = open_catalog(self.settings)
+        for pipeline in self.pipelines:
+            for stream, table in table_streams(pipeline).items():
+                writer = StreamTableWriter(catalog, self.event_log, stream, table)
+                self._spawn(f"table-{table}", writer.run, stop)
+
+    def _sinks(self, stop: threading.Event) -> None:
+        for pipeline in self.pipelines:
+            for node in pipeline.walk():
+                if isinstance(node, Output) and node.kind == "sinks":
+                    self._start_sink(pipeline, node, stop)
+
+    def _start_sink(self, pipeline: Pipeline, node: Output, stop: threading.Event) -> None:
+        from headwater.processing.sinks import SinkRecord, SinkRunner, sink_from_config
+
+        stream = str(output_stream(pipeline.name, node))
+        errors = self.event_log.stream(f"{pipeline.name}.errors").producer()
+
+        def dead_letter(record: SinkRecord, reason: str, attempts: int) -> None:
+            row = {
+                "processor": pipeline.name, "key": record.key, "value": record.value,
+                "event_time": record.timestamp_ms, "reason": f"sink {node.name}: {reason} (after {attempts} attempts)",
+                "partition": record.partition, "offset": record.offset,
+            }  # fmt: skip
+            body = {"k": record.key, "v": row, "t": record.timestamp_ms, "id": f"sink/{node.name}/{record.id}"}
+            errors.append([(None, orjson.dumps(body, default=str))]).result()
+
+        runner = SinkRunner(
+            sink_from_config(node.spec), self.event_log.stream(stream).consumer(f"sink.{pipeline.name}.{node.name}"),
+            dead_letter,
+        )  # fmt: skip
+        self._spawn(f"sink-{node.name}", runner.run, stop)
+
+    def _spawn(self, name: str, target: Any, stop: threading.Event) -> None:
+        def guarded() -> None:
+            try:
+                target(stop)
+            except Exception as exc:
+                log.exception("%s failed", name)
+                self.failures.append(f"{name}: {exc}")
+                stop.set()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_runner(self, index: int, stop: threading.Event) -> threading.Event:
+        runner_stop = threading.Event()
+        runner = self.runners[index]
+
+        def run(_: threading.Event) -> None:
+            try:
+                runner.run(runner_stop)
+            finally:
+                runner.close()
+
+        self._spawn(f"processor-{runner.pipeline.name}", run, stop)
+        self._runner_threads[index] = self._threads[-1]
+        return runner_stop
+
+    def _replay_requested(self, index: int) -> str | None:
+        path = self.runners[index].manifest.folder / "replay.json"
+        if not path.exists():
+            return None
+        try:
+            start = str(orjson.loads(path.read_bytes())["from"])
+        finally:
+            path.unlink(missing_ok=True)
+        return start
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until `stop`; a `replay.json` in a processor's folder restarts it as a new run."""
+        self._table_writers(stop)
+        self._sinks(stop)
+        self._runner_threads: dict[int, threading.Thread] = {}
+        stops = {i: self._start_runner(i, stop) for i in range(len(self.runners))}
+        while not stop.wait(1.0):
+            for index, runner in enumerate(self.runners):
+                start = self._replay_requested(index)
+                if start is None:
+                    continue
+                log.info("processor %s: replay from %s into a new run", runner.pipeline.name, start)
+                stops[index].set()
+                self._runner_threads[index].join()
+                self.runners[index] = ProcessorRunner(
+                    runner.pipeline, self.event_log, self.settings.processors_dir, new_run=True, start=start,
+                    checkpoint_interval_ms=self.settings.processor_checkpoint_ms,
+                    max_batch=self.settings.processor_max_batch,
+                )  # fmt: skip
+                stops[index] = self._start_runner(index, stop)
+        for event in stops.values():
+            event.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.failures:
+            raise ProcessingError("; ".join(self.failures))
