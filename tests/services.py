@@ -1,10 +1,10 @@
-"""Real services for the test suite: Apache Kafka (KRaft), PostgreSQL 15 and an S3 server (s3proxy).
+"""Real services for the test suite: Apache Kafka (KRaft), PostgreSQL 15, an S3 server (s3proxy) and Redis.
 
 Each service runs as a child process in its own directory on free ports on 127.0.0.1, and is stopped by
 the process id started here (see /work/shared/SERVICES.md for the recipes). Jars come from Maven Central
-through `tools/fetch-jars.sh` (cached in `.tools/jars/`); PostgreSQL is Debian's package (`make services`).
-Loaded as a pytest plugin from tests/conftest.py: session fixtures `kafka_broker`, `postgres_server`,
-`s3_server`, and `cluster_settings()` for a Kafka + PostgreSQL + S3 deployment of Headwater.
+through `tools/fetch-jars.sh` (cached in `.tools/jars/`); PostgreSQL and Redis are Debian's packages (`make
+services`). Loaded as a pytest plugin from tests/conftest.py: session fixtures `kafka_broker`, `postgres_server`,
+`s3_server`, `redis_server`, and `cluster_settings()` for a Kafka + PostgreSQL + S3 deployment of Headwater.
 """
 
 from __future__ import annotations
@@ -661,6 +661,67 @@ class S3Server(_JavaService):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Redis (Debian's redis-server)
+
+
+class RedisServer(_JavaService):
+    """`redis-server` on a free port with its data (append-only file, no RDB snapshots) in `workdir`.
+
+    Not a JVM, but the same child-process handling: output in `redis.log`, stop = SIGTERM, kill = SIGKILL.
+    """
+
+    name = "redis"
+
+    def __init__(self, workdir: Path | str) -> None:
+        super().__init__(workdir)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self, timeout: float = 30) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceError(
+                "redis-server is not installed: `make services` installs it (apt-get install redis-server)"
+            )
+        started = time.monotonic()
+        for attempt in range(3):
+            fresh = not self.port
+            if fresh:
+                (self.port,) = free_ports(1)
+            offset = self._log_size()
+            args = [binary, "--port", str(self.port), "--bind", HOST, "--dir", str(self.workdir)]
+            self._spawn([*args, "--save", "", "--appendonly", "yes", "--daemonize", "no"])
+            try:
+                while not self._answers():
+                    self._check_alive("while starting")
+                    if time.monotonic() > started + timeout:
+                        raise self._fail(f"no PING answer on port {self.port} in time")
+                    time.sleep(0.05)
+                break
+            except ServiceError:
+                if not (fresh and attempt < 2 and self._port_taken_since(offset)):
+                    raise
+                self.port = 0  # another process took the port: pick another
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def restart(self, timeout: float = 30) -> RedisServer:
+        self.stop()
+        return self.start(timeout)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Headwater settings and pytest fixtures
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")
@@ -719,6 +780,15 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = S3Server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     try:
         yield server.start()
     finally:

@@ -61,6 +61,13 @@ def parse_start(start: str) -> str | dict[int, int] | int:
     return int(moment.timestamp() * 1000)
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write then rename (several workers of one processor may share the folder)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def group_name(pipeline: str, run_id: str) -> str:
     return f"processor.{pipeline}.{run_id}"
 
@@ -80,9 +87,7 @@ class Manifest:
 
     def write(self, data: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self.path)
+        _write_atomically(self.path, json.dumps(data, indent=2))
 
     def state_path(self, run_id: str) -> Path:
         return self.folder / f"state-{run_id}.db"
@@ -265,10 +270,7 @@ class ProcessorRunner:
             "errors": self.stats["errors"], "last_error": self.last_error, "lag": self.lag(),
             "state_bytes": self.state.size_bytes(), "partitions": sorted(self.tasks),
         }  # fmt: skip
-        path = self.manifest.folder / "status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        tmp.replace(path)
+        _write_atomically(self.manifest.folder / "status.json", json.dumps(status))
 
     def run(self, stop: threading.Event, idle_poll_s: float = 0.05) -> None:
         log.info("processor %s (run %s) reading %s", self.pipeline.name, self.run_id, self.pipeline.input)

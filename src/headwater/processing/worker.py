@@ -128,7 +128,15 @@ class ProcessorWorker:
             sink_from_config(node.spec), self.event_log.stream(stream).consumer(f"sink.{pipeline.name}.{node.name}"),
             dead_letter,
         )  # fmt: skip
-        self._spawn(f"sink-{node.name}", runner.run, stop)
+
+        def run(stop: threading.Event) -> None:
+            try:
+                runner.run(stop)
+            finally:
+                runner.close()
+                errors.close()
+
+        self._spawn(f"sink-{node.name}", run, stop)
 
     def _spawn(self, name: str, target: Any, stop: threading.Event) -> None:
         def guarded() -> None:

@@ -1,0 +1,116 @@
+"""Processors on the Kafka backend: consumer groups split partitions; a dead worker's partitions move."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from headwater.log.kafka import KafkaLog
+from headwater.processing import Pipeline, seconds
+from headwater.processing.runtime import ProcessorRunner
+from headwater.processing.state import ServedReader
+from tests.services import KafkaBroker
+
+pytestmark = pytest.mark.kafka
+USERS = [f"u{i}" for i in range(12)]
+BASE_MS = 1_767_225_600_000
+
+
+def _pipeline() -> Pipeline:
+    p = Pipeline("kafka-counts")
+    events = p.source("events")
+    events.tumbling_window(seconds(1)).count().final().to_stream("kafka-counts-out")
+
+    def running_total(ctx, event):  # type: ignore[no-untyped-def]
+        total = ctx.state.get("total", 0) + event["properties"]["n"]
+        ctx.state.set("total", total)
+        ctx.emit({"user": ctx.key, "total": total})
+
+    events.process(running_total).to_state("kafka_totals", key=lambda v: v["user"])
+    return p
+
+
+def _envelope(user: str, i: int) -> tuple[bytes, bytes]:
+    event = {"event": "tick", "userId": user, "properties": {"n": i}, "timestamp": BASE_MS + i * 10}
+    return user.encode(), b'{"m":{"ra":%d,"src":"t","ep":"track"},"e":' % BASE_MS + orjson.dumps(event) + b"}"
+
+
+def _reference(count: int) -> tuple[Counter[tuple[str, int]], dict[str, int]]:
+    windows: Counter[tuple[str, int]] = Counter()
+    totals: dict[str, int] = {}
+    for i in range(count):
+        user = USERS[i % len(USERS)]
+        windows[(user, (BASE_MS + i * 10) // 1000 * 1000)] += 1
+        totals[user] = totals.get(user, 0) + i
+    return windows, totals
+
+
+def _drain(runner: ProcessorRunner, until: float, partitions: int) -> None:
+    while time.monotonic() < until:
+        if runner.poll(0.2) == 0 and len(runner.tasks) == partitions and runner.lag() == 0:
+            runner.checkpoint()
+            return
+    runner.checkpoint()
+
+
+def _outputs(log: KafkaLog) -> list[dict[str, object]]:
+    reader = log.stream("kafka-counts-out").reader()
+    try:
+        out = []
+        for partition, end in reader.end_offsets().items():
+            position = 0
+            while position < end:
+                records = reader.read(partition, position, 1000)
+                if not records:
+                    break
+                out.extend(orjson.loads(r.value) for r in records)
+                position = records[-1].offset + 1
+        return out
+    finally:
+        reader.close()
+
+
+def test_two_workers_split_partitions_and_one_takes_over(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+    log = KafkaLog(kafka_broker.bootstrap, f"proc-{uuid.uuid4().hex[:8]}", partitions=4, replication_factor=1)
+    count = 3000
+    producer = log.producer()
+    producer.append([_envelope(USERS[i % len(USERS)], i) for i in range(count)]).result()
+    # a final event per user far in the future closes every window (stream time is per partition)
+    producer.append([_envelope(user, 10_000_000) for user in USERS]).result()
+    producer.close()
+    windows, totals = _reference(count)
+    totals = {user: total + 10_000_000 for user, total in totals.items()}
+
+    first = ProcessorRunner(_pipeline(), log, tmp_path / "processors", checkpoint_interval_ms=50)
+    second = ProcessorRunner(_pipeline(), log, tmp_path / "processors", checkpoint_interval_ms=50)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [first.poll(0.1) for _ in iter(stop.is_set, True)])
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (second.tasks and first.tasks and first.checkpoints > 2):
+        second.poll(0.1)
+    stop.set()
+    thread.join()
+    assert first.tasks and second.tasks, "the group should have split the partitions between the two workers"
+    first.consumer.close()  # the first worker dies without a final checkpoint: its partitions move
+    for producer in first._producers.values():
+        producer.close()
+    first.state.close()
+    _drain(second, time.monotonic() + 90, 4)
+    assert sorted(second.tasks) == [0, 1, 2, 3]
+
+    by_id = {out["id"]: out for out in _outputs(log)}
+    got = Counter({(o["k"], o["v"]["start"]): o["v"]["value"] for o in by_id.values()})  # type: ignore[index]
+    assert got == windows
+    reader = ServedReader(second.manifest.state_path(second.run_id))
+    try:
+        assert {u: reader.get("kafka_totals", u)[0]["total"] for u in USERS} == totals  # type: ignore[index]
+    finally:
+        reader.close()
+    second.close()
