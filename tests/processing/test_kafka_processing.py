@@ -1,4 +1,6 @@
-"""Processors on the Kafka backend: consumer groups split partitions; a dead worker's partitions move."""
+"""Processors on the Kafka backend: workers split partitions; a dead worker's partitions move to a
+worker on another "machine" (its own state directory), which restores state from the changelog;
+transactions keep every output exactly once."""
 
 from __future__ import annotations
 
@@ -87,8 +89,11 @@ def test_two_workers_split_partitions_and_one_takes_over(kafka_broker: KafkaBrok
     windows, totals = _reference(count)
     totals = {user: total + 10_000_000 for user, total in totals.items()}
 
-    first = ProcessorRunner(_pipeline(), log, tmp_path / "processors", checkpoint_interval_ms=50)
-    second = ProcessorRunner(_pipeline(), log, tmp_path / "processors", checkpoint_interval_ms=50)
+    first = ProcessorRunner(_pipeline(), log, tmp_path / "a" / "processors", checkpoint_interval_ms=50)
+    # the same run (one consumer group) on another machine: its own, empty state directory
+    second = ProcessorRunner(
+        _pipeline(), log, tmp_path / "b" / "processors", checkpoint_interval_ms=50, run_id=first.run_id
+    )
     stop = threading.Event()
     thread = threading.Thread(target=lambda: [first.poll(0.1) for _ in iter(stop.is_set, True)])
     thread.start()
@@ -99,13 +104,14 @@ def test_two_workers_split_partitions_and_one_takes_over(kafka_broker: KafkaBrok
     thread.join()
     assert first.tasks and second.tasks, "the group should have split the partitions between the two workers"
     first.consumer.close()  # the first worker dies without a final checkpoint: its partitions move
-    for producer in first._producers.values():
-        producer.close()
+    first.checkpointer.close()
     first.state.close()
     _drain(second, time.monotonic() + 90, 4)
     assert sorted(second.tasks) == [0, 1, 2, 3]
 
-    by_id = {out["id"]: out for out in _outputs(log)}
+    outputs = _outputs(log)
+    by_id = {out["id"]: out for out in outputs}
+    assert len(by_id) == len(outputs), "an output was written twice"
     got = Counter({(o["k"], o["v"]["start"]): o["v"]["value"] for o in by_id.values()})  # type: ignore[index]
     assert got == windows
     reader = ServedReader(second.manifest.state_path(second.run_id))

@@ -6,6 +6,7 @@ processors) depend only on these, so moving to Kafka changes configuration, not 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -125,6 +126,46 @@ class TailReader(Protocol):
     def close(self) -> None: ...
 
 
+class OutputRecord(NamedTuple):
+    """A record a stream processor writes, with its position along the processor's input."""
+
+    key: bytes | None
+    value: bytes
+    position: int
+    idempotency: tuple[str, str] | None
+
+
+class Checkpointer(Protocol):
+    """The log's part of a stream processor's checkpoint (see `processing.runtime` for the order)."""
+
+    offsets_in_log: bool
+    """True: `write` commits the input offsets with the outputs, and they are where to resume.
+    False: the processor's state store keeps them (written right after `write`)."""
+    changelog: bool
+    """True: state changes go to a changelog in the log, and a worker that gains a partition
+    restores its state from there (partitions move between machines)."""
+
+    def write(
+        self,
+        outputs: dict[tuple[str, int], list[OutputRecord]],
+        changes: dict[int, list[tuple[bytes, bytes | None]]],
+        offsets: dict[int, int],
+    ) -> dict[int, int]:
+        """Make outputs (by stream and input partition), state changes and offsets durable as one
+        unit; return the changelog's next offset per input partition written (empty without one)."""
+        ...
+
+    def restore(self, partition: int, start: int) -> Iterator[tuple[int, list[tuple[bytes, bytes | None]]]]:
+        """Batches of changelog records of `partition` from offset `start`, each with the next offset."""
+        ...
+
+    def committed(self) -> dict[int, int]:
+        """Input offsets committed with the outputs (only when `offsets_in_log`)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class EventLog(Protocol):
     """One event log, configured from settings: makes producers, consumers, admins and readers."""
 
@@ -144,6 +185,10 @@ class EventLog(Protocol):
     def admin(self) -> LogAdmin: ...
 
     def reader(self) -> TailReader: ...
+
+    def checkpointer(self, name: str, consumer: Consumer) -> Checkpointer:
+        """Checkpoints of the processor run `name` that reads this log through `consumer`."""
+        ...
 
     def stream(self, name: str) -> EventLog:
         """Another named stream on the same log (processor outputs, source feeds), with the same

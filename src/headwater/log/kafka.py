@@ -62,8 +62,10 @@ class KafkaLog:
         replication_factor: int = -1,
         options: dict[str, str] | None = None,
         ack_timeout_ms: int = 10_000,
+        topic_config: dict[str, str] | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self._topic_config = topic_config
         self.topic = topic
         self.log_id = f"kafka.{topic}"
         self.offsets_key = f"headwater.log-offsets.{self.log_id}"
@@ -72,6 +74,21 @@ class KafkaLog:
         self.conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": log, **(options or {})}
         self._options, self._replication_factor = options, replication_factor
         self.partitions = self._ensure_topic(partitions, replication_factor)
+
+    def checkpointer(self, name: str, consumer: Any) -> Any:
+        """Transactional checkpoints (see `kafka_txn`): outputs, changelog and offsets at once."""
+        from headwater.log.kafka_txn import KafkaCheckpointer
+
+        return KafkaCheckpointer(self, name, consumer)
+
+    def changelog(self, name: str) -> str:
+        """The compacted topic `<topic>.<name>-changelog` (created when missing); its name."""
+        topic = f"{self.topic}.{name}-changelog"
+        KafkaLog(
+            self.bootstrap_servers, topic, self.partitions, self._replication_factor, self._options,
+            self.ack_timeout_ms, topic_config={"cleanup.policy": "compact"},
+        )  # fmt: skip
+        return topic
 
     def stream(self, name: str) -> KafkaLog:
         """The stream `name` as the topic `<topic>.<name>`, with this topic's partition count."""
@@ -86,7 +103,8 @@ class KafkaLog:
         try:
             existing = self._partition_count(admin)
             if existing is None:
-                future = admin.create_topics([NewTopic(self.topic, partitions, replication_factor)])[self.topic]
+                new = NewTopic(self.topic, partitions, replication_factor, config=self._topic_config or {})
+                future = admin.create_topics([new])[self.topic]
                 try:
                     future.result(_TIMEOUT_S)
                     log.info("created Kafka topic %s with %d partitions", self.topic, partitions)
@@ -377,6 +395,10 @@ class KafkaConsumer:
 
     def assignment(self) -> list[int]:
         return sorted(self._assigned)
+
+    def group_metadata(self) -> Any:
+        """This member's group metadata (generation included), for transactional offset commits."""
+        return self._consumer.consumer_group_metadata()
 
     def committed(self) -> dict[int, int]:
         if not self._assigned:

@@ -19,13 +19,14 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from headwater.core.errors import LogError
 from headwater.core.settings import Settings
-from headwater.log.base import AppendResult, Record
+from headwater.log.base import AppendResult, OutputRecord, Record
 
 log = logging.getLogger(__name__)
 GROUP_EXPIRY_MS = 7 * 86_400_000  # a group idle this long no longer holds back retention
@@ -144,6 +145,9 @@ class SqliteLog:
 
     def admin(self) -> SqliteAdmin:
         return SqliteAdmin(self)
+
+    def checkpointer(self, name: str, consumer: Any) -> SqliteCheckpointer:
+        return SqliteCheckpointer(self, name)
 
     def stream(self, name: str) -> SqliteLog:
         """The stream `name`: its own SQLite file beside the events log (one writer lock per stream)."""
@@ -593,3 +597,52 @@ class SqliteConsumer:
     def close(self) -> None:
         self._conn.close()
         self._oconn.close()
+
+
+class SqliteCheckpointer:
+    """Outputs are appended fenced, per (stream, input partition): a re-run after a crash writes
+    nothing twice. One consumer owns every partition, so state never moves: no changelog, and the
+    processor's state store keeps the input offsets."""
+
+    offsets_in_log = False
+    changelog = False
+
+    def __init__(self, log_: SqliteLog, name: str) -> None:
+        self._log, self.name = log_, name
+        self._producers: dict[str, SqliteProducer] = {}
+
+    def _producer(self, stream: str) -> SqliteProducer:
+        if stream not in self._producers:
+            self._producers[stream] = self._log.stream(stream).producer()
+        return self._producers[stream]
+
+    def write(
+        self,
+        outputs: dict[tuple[str, int], list[OutputRecord]],
+        changes: dict[int, list[tuple[bytes, bytes | None]]],
+        offsets: dict[int, int],
+    ) -> dict[int, int]:
+        futures = []
+        for (stream, partition), items in outputs.items():
+            keys = [item.idempotency for item in items]
+            futures.append(
+                self._producer(stream).append_fenced(
+                    [(item.key, item.value) for item in items],
+                    f"{self.name}/{partition}",
+                    [item.position for item in items],
+                    keys if any(keys) else None,
+                )
+            )
+        for future in futures:
+            future.result()
+        return {}
+
+    def restore(self, partition: int, start: int) -> Iterator[tuple[int, list[tuple[bytes, bytes | None]]]]:
+        return iter(())
+
+    def committed(self) -> dict[int, int]:
+        return {}
+
+    def close(self) -> None:
+        for producer in self._producers.values():
+            producer.close()

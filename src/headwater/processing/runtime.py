@@ -2,21 +2,25 @@
 
 Commit order of a checkpoint (every `checkpoint_interval_ms`, and before stopping):
 
-1. Outputs. Each output stream gets the records the tasks buffered since the last checkpoint,
-   appended with `append_fenced` under the fence `<processor>/<run>/<input partition>` and the
-   records' positions ((input offset << 20) + n). The call returns once they are durable.
-2. State. One SQLite transaction writes every changed state entry, the served state tables and,
-   per input partition, the next offset to apply and the stream time.
-3. Offsets. The consumer group's offsets are committed (for lag and retention only: on start
-   the task resumes from the offset in the state store, step 2).
+1. Log. The log's `Checkpointer` makes the outputs durable — the records each task buffered,
+   per output stream, with positions ((input offset << 20) + n) that replaying the same input
+   reproduces. Embedded log: appended under the fence `<processor>.<run>/<input partition>`,
+   which drops records below the fence's mark. Kafka: one transaction holding the outputs, the
+   state changes (to a compacted changelog topic, partition = input partition) and the input
+   offsets (`send_offsets_to_transaction`), as Kafka Streams' EOS v2.
+2. State. One SQLite transaction writes the same state changes, the served state tables and,
+   per input partition, the next offset to apply, the stream time and (Kafka) the changelog
+   offset reached.
+3. Offsets. Embedded log: the group's offsets are committed (for lag and retention only).
 
-kill -9 between 1 and 2: the restarted processor resumes from the previous checkpoint with the
-previous state, recomputes the same outputs at the same positions, and the log drops those the
-fence has passed, so each output is in its stream once. Between 2 and 3: the state store's
-offsets win. Wall-clock timers are the exception to determinism: their outputs carry an
-idempotency key (timer, key, due time) instead. On a log that keeps no fences (Kafka),
-duplicates after a crash carry the same output id, and every Headwater consumer of a stream
-(processors on Kafka, table writers, sinks) drops or overwrites repeats by that id.
+Resuming (start, or a partition gained in a rebalance): Kafka first replays the changelog from
+the offset the state file reached (a partition that moved from another machine is rebuilt
+there), then reads from the group's committed offsets; the embedded log reads from the offsets
+in the state file. kill -9 between 1 and 2: embedded, the same outputs are recomputed and the
+fence drops them; Kafka, the state file is behind the changelog and catches up from it. A
+member that lost its partitions has its transaction refused and drops its tasks. Wall-clock
+timers are the exception to determinism: their outputs carry an idempotency key (timer, key,
+due time) instead of relying on the fence.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from headwater.core import metrics
-from headwater.core.errors import ProcessingError
-from headwater.log.base import Consumer, EventLog, Producer, Record
+from headwater.core.errors import LogError, ProcessingError
+from headwater.log.base import Consumer, EventLog, OutputRecord, Record
 from headwater.processing.api import Pipeline
 from headwater.processing.records import Decoded, decode_events, decode_outputs
 from headwater.processing.state import StateStore
@@ -106,6 +110,7 @@ class ProcessorRunner:
         max_batch: int = 5000,
         new_run: bool = False,
         start: str = "earliest",
+        run_id: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.event_log = event_log
@@ -113,8 +118,12 @@ class ProcessorRunner:
         self.max_batch = max_batch
         self.manifest = Manifest(state_dir, pipeline.name)
         previous = self.manifest.read()
-        if previous is None or new_run:
-            self.run_id = uuid.uuid4().hex[:8]
+        if run_id is not None:
+            self.run_id = run_id
+        elif previous is None:
+            self.run_id = "1"  # the same on every worker: in a cluster they form one group
+        elif new_run:  # a replay: the next number, so workers asked to replay agree again
+            self.run_id = str(int(previous["run"]) + 1) if str(previous["run"]).isdigit() else uuid.uuid4().hex[:8]
         else:
             self.run_id = str(previous["run"])
         self.input_log = event_log if pipeline.input in EVENT_STREAMS else event_log.stream(pipeline.input)
@@ -128,6 +137,7 @@ class ProcessorRunner:
             }
         )  # fmt: skip
         self.consumer: Consumer = self.input_log.consumer(group_name(pipeline.name, self.run_id))
+        self.checkpointer = self.input_log.checkpointer(f"{pipeline.name}.{self.run_id}", self.consumer)
         where = parse_start(start)
         self.min_event_time = where if isinstance(where, int) else None
         self.start_from: dict[int, int] = where if isinstance(where, dict) else {}
@@ -139,7 +149,6 @@ class ProcessorRunner:
                 admin.close()
         elif where != "latest" and not self.start_from:
             self.start_from = dict.fromkeys(range(self.input_log.partitions), 0)
-        self._producers: dict[str, Producer] = {}
         self.tasks: dict[int, Task] = {}
         self.generation = -1
         self._last_checkpoint = time.monotonic()
@@ -153,11 +162,6 @@ class ProcessorRunner:
     def _events(self, records: list[Record]) -> Iterator[Decoded]:
         return decode_events(records, self.input_log.log_id)
 
-    def _producer(self, stream: str) -> Producer:
-        if stream not in self._producers:
-            self._producers[stream] = self.event_log.stream(stream).producer()
-        return self._producers[stream]
-
     # -- partitions -------------------------------------------------------------------------------
     def _sync_assignment(self) -> None:
         """After a rebalance: drop tasks of partitions we lost (unsaved work is redone by the new
@@ -166,14 +170,30 @@ class ProcessorRunner:
         for partition in list(self.tasks):
             if partition not in owned:
                 del self.tasks[partition]
-        for partition in sorted(owned - set(self.tasks)):
+        gained = sorted(owned - set(self.tasks))
+        committed = self.checkpointer.committed() if gained and self.checkpointer.offsets_in_log else {}
+        for partition in gained:
+            if self.checkpointer.changelog:
+                self._restore(partition)
             task = Task(self.pipeline, partition, self.state, self.pipeline.tables, self.run_id)
             self.tasks[partition] = task
-            if task.checkpoint is not None:
-                self.consumer.seek(partition, task.checkpoint[0])
-            elif partition in self.start_from:
-                self.consumer.seek(partition, self.start_from[partition])
+            resume = committed.get(partition) if self.checkpointer.offsets_in_log else None
+            if resume is None and task.checkpoint is not None:
+                resume = task.checkpoint[0]
+            if resume is None:
+                resume = self.start_from.get(partition)
+            if resume is not None:
+                self.consumer.seek(partition, resume)
         self.generation = self.consumer.generation
+
+    def _restore(self, partition: int) -> None:
+        """Bring this worker's state file up to the changelog (partitions move between workers)."""
+        start = self.state.changelog_offset(partition)
+        restored = 0
+        for end, records in self.checkpointer.restore(partition, start):
+            restored += self.state.apply({partition: records}, {partition: end})
+        if restored:
+            log.info("processor %s partition %d: restored %d state changes", self.pipeline.name, partition, restored)
 
     # -- the loop ---------------------------------------------------------------------------------
     def poll(self, timeout_s: float = 0.05) -> int:
@@ -208,29 +228,33 @@ class ProcessorRunner:
         return len(records)
 
     def checkpoint(self) -> None:
-        """Outputs, then state and input offsets, then group offsets (see the module docstring)."""
+        """Outputs (with, on Kafka, the changelog and offsets), then the state file, then group
+        offsets (see the module docstring). A refused Kafka transaction (this member lost its
+        partitions) drops the tasks: they restart from what was committed."""
         started = time.perf_counter()
         self._last_checkpoint = time.monotonic()
-        futures = []
+        outputs: dict[tuple[str, int], list[OutputRecord]] = {}
+        changes: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        offsets: dict[int, int] = {}
         for partition, task in self.tasks.items():
-            fence = f"{self.pipeline.name}/{self.run_id}/{partition}"
             for stream, items in task.take_outputs().items():
-                futures.append(
-                    self._producer(stream).append_fenced(
-                        [(item.key, item.value) for item in items],
-                        fence,
-                        [item.position for item in items],
-                        [item.idempotency for item in items] if any(i.idempotency for i in items) else None,
-                    )
-                )
-        for future in futures:
-            future.result()
-        checkpoints = {p: (t.next_offset, t.stream_time) for p, t in self.tasks.items() if t.next_offset >= 0}
-        stores = [store for task in self.tasks.values() for store in task.stores()]
-        served = [table for task in self.tasks.values() for table in task.served()]
-        self.state.commit(stores, served, checkpoints)
-        if checkpoints:
-            self.consumer.commit({p: offset for p, (offset, _) in checkpoints.items()})
+                outputs[(stream, partition)] = [OutputRecord(i.key, i.value, i.position, i.idempotency) for i in items]
+            checkpoint = (task.next_offset, task.stream_time) if task.next_offset >= 0 else None
+            changes[partition] = self.state.collect(task.stores(), task.served(), checkpoint)
+            if checkpoint is not None:
+                offsets[partition] = checkpoint[0]
+        try:
+            ends = self.checkpointer.write(outputs, changes if self.checkpointer.changelog else {}, offsets)
+        except LogError as exc:
+            log.warning("processor %s: %s; resuming from the last checkpoint", self.pipeline.name, exc)
+            self.tasks.clear()
+            self.generation = -1
+            return
+        self.state.apply(changes, ends if self.checkpointer.changelog else None)
+        for task in self.tasks.values():
+            self.state.saved(task.stores(), task.served())
+        if offsets and not self.checkpointer.offsets_in_log:
+            self.consumer.commit(offsets)
         self.checkpoints += 1
         self._report(time.perf_counter() - started)
 
@@ -283,7 +307,6 @@ class ProcessorRunner:
             raise
 
     def close(self) -> None:
-        for producer in self._producers.values():
-            producer.close()
+        self.checkpointer.close()
         self.consumer.close()
         self.state.close()

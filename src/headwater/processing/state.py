@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +30,12 @@ CREATE TABLE IF NOT EXISTS served (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL, stream_time INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL, changelog_offset INTEGER NOT NULL DEFAULT 0
 );
 """
 _MISSING = object()
+_EVENT_TIME = struct.Struct("<q")
+_NO_TIME = -(1 << 62)
 
 
 def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
@@ -152,59 +155,112 @@ class StateStore:
         row = self._conn.execute(
             "SELECT next_offset, stream_time FROM checkpoints WHERE partition = ?", (partition,)
         ).fetchone()
-        return (int(row[0]), int(row[1])) if row else None
+        return (int(row[0]), int(row[1])) if row and row[0] >= 0 else None
 
-    def commit(
-        self,
-        stores: list[KeyValue],
-        served: list[ServedTable],
-        checkpoints: dict[int, tuple[int, int]],
-    ) -> int:
-        """Write every change and the input offsets in one transaction; return rows written."""
-        written = 0
+    def changelog_offset(self, partition: int) -> int:
+        """Next changelog offset this file has applied for `partition` (0: none)."""
         if self._conn is None:
-            for store in stores:
-                store.saved(max_cached=1 << 62)
-            for table in served:
-                table.saved()
             return 0
+        row = self._conn.execute(
+            "SELECT changelog_offset FROM checkpoints WHERE partition = ?", (partition,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def collect(
+        stores: list[KeyValue], served: list[ServedTable], checkpoint: tuple[int, int] | None
+    ) -> list[tuple[bytes, bytes | None]]:
+        """One partition's unsaved changes as changelog records (key, value or None to delete)."""
+        out: list[tuple[bytes, bytes | None]] = []
+        for store in stores:
+            prefix = b"k" + store.name.encode() + b"\0"
+            out.extend((prefix + key, value) for key, value in store.changes())
+        for table in served:
+            prefix = b"s" + table.name.encode() + b"\0"
+            for key, (value, event_time) in table.pending().items():
+                out.append((prefix + key.encode(), None if value is None else _EVENT_TIME.pack(event_time) + value))
+        if checkpoint is not None:
+            out.append((b"c", pickle.dumps(checkpoint)))
+        return out
+
+    def apply(
+        self, changes: dict[int, list[tuple[bytes, bytes | None]]], changelog_ends: dict[int, int] | None = None
+    ) -> int:
+        """Write changelog records per partition in one transaction (a checkpoint, or a restore).
+
+        With `changelog_ends`, a partition whose stored changelog offset is already there or past
+        it is skipped: a worker that lost the partition never overwrites the new owner's state.
+        """
+        if self._conn is None:
+            return 0
+        ends = changelog_ends or {}
         now = int(time.time() * 1000)
         conn = self._conn
+        written = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for store in stores:
-                changes = store.changes()
-                if not changes:
-                    continue
-                upserts = [(store.partition, store.name, k, v) for k, v in changes if v is not None]
-                deletes = [(store.partition, store.name, k) for k, v in changes if v is None]
-                conn.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", upserts)
-                conn.executemany("DELETE FROM kv WHERE partition = ? AND store = ? AND key = ?", deletes)
-                written += len(changes)
-            for table in served:
-                rows = table.pending()
-                conn.executemany(
-                    "INSERT OR REPLACE INTO served VALUES (?, ?, ?, ?, ?, ?)",
-                    [(table.name, k, table.partition, v.decode(), t, now) for k, (v, t) in rows.items() if v],
-                )
-                conn.executemany(
-                    "DELETE FROM served WHERE name = ? AND key = ? AND partition = ?",
-                    [(table.name, k, table.partition) for k, (v, _) in rows.items() if v is None],
-                )
-                written += len(rows)
-            conn.executemany(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)",
-                [(p, offset, stream_time, now) for p, (offset, stream_time) in checkpoints.items()],
-            )
+            for partition, records in changes.items():
+                end = ends.get(partition)
+                if end is not None:
+                    row = conn.execute(
+                        "SELECT changelog_offset FROM checkpoints WHERE partition = ?", (partition,)
+                    ).fetchone()
+                    if row is not None and row[0] >= end:
+                        continue
+                for key, value in records:
+                    self._apply_one(conn, partition, key, value, now)
+                written += len(records)
+                if end is not None:
+                    conn.execute(
+                        "INSERT INTO checkpoints VALUES (?, -1, ?, ?, ?) ON CONFLICT (partition) "
+                        "DO UPDATE SET changelog_offset = excluded.changelog_offset",
+                        (partition, _NO_TIME, now, end),
+                    )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return written
+
+    @staticmethod
+    def _apply_one(conn: sqlite3.Connection, partition: int, key: bytes, value: bytes | None, now: int) -> None:
+        kind = key[:1]
+        if kind == b"c":
+            if value is not None:
+                offset, stream_time = pickle.loads(value)
+                conn.execute(
+                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?, 0) ON CONFLICT (partition) DO UPDATE SET "
+                    "next_offset = excluded.next_offset, stream_time = excluded.stream_time, updated_ms = ?",
+                    (partition, offset, stream_time, now, now),
+                )
+            return
+        name, _, rest = key[1:].partition(b"\0")
+        if kind == b"k":
+            if value is None:
+                conn.execute(
+                    "DELETE FROM kv WHERE partition = ? AND store = ? AND key = ?", (partition, name.decode(), rest)
+                )
+            else:
+                conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", (partition, name.decode(), rest, value))
+        elif kind == b"s":
+            if value is None:
+                conn.execute(
+                    "DELETE FROM served WHERE name = ? AND key = ? AND partition = ?",
+                    (name.decode(), rest.decode(), partition),
+                )
+            else:
+                (event_time,) = _EVENT_TIME.unpack_from(value)
+                conn.execute(
+                    "INSERT OR REPLACE INTO served VALUES (?, ?, ?, ?, ?, ?)",
+                    (name.decode(), rest.decode(), partition, value[_EVENT_TIME.size :].decode(), event_time, now),
+                )
+
+    def saved(self, stores: list[KeyValue], served: list[ServedTable]) -> None:
+        """Mark changes written (after apply succeeded)."""
         for store in stores:
-            store.saved(self.max_cached)
+            store.saved(self.max_cached if self._conn is not None else 1 << 62)
         for table in served:
             table.saved()
-        return written
 
     def size_bytes(self) -> int:
         if self.path is None or not self.path.exists():
