@@ -27,6 +27,7 @@ from headwater import __version__
 from headwater.api.accounts import account_routes
 from headwater.api.boards import board_routes
 from headwater.api.principal import authenticate
+from headwater.api.processors import ProcessorRegistry, processor_routes
 from headwater.auth.keys import KeyStore
 from headwater.auth.users import UserStore
 from headwater.boards.store import BoardStore
@@ -109,7 +110,8 @@ class Services:
         self.collector = Collector(self.producer, self.keys, limits)
         self.query = QueryEngine(settings)
         self.insights = InsightEngine(self.query)
-        self.live = LiveTail(self.log)
+        self.processors = ProcessorRegistry(settings.processors_dir)
+        self.live = LiveTail(self.log, self.processors.streams)
         self.boards = BoardStore(settings.store_uri("app"))
         self.started = time.time()
 
@@ -143,6 +145,7 @@ class Services:
         self.admin.close()
         self.query.close()
         self.live.close()
+        self.processors.close()
         self.boards.close()
         self.keys.close()
         self.users.close()
@@ -270,6 +273,7 @@ def build_app(settings: Settings) -> IngestApp:
             "person": params.get("user") or None,
             "source": params.get("source") or None,
             "include_rejected": params.get("rejected", "true").lower() != "false",
+            "stream": params.get("stream") or None,
         }
 
     async def live_page(request: Request, cursor: str | None, limit: int | None = None) -> dict[str, Any] | Response:
@@ -338,7 +342,7 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/api/live/stream", live_stream, methods=["GET"]),
     ]
     ingest_routes: list[BaseRoute] = [Route(p, _method_not_allowed, methods=["GET"]) for p in INGEST_PATHS]
-    routes += account_routes(svc) + board_routes(svc) + web_routes()
+    routes += account_routes(svc) + board_routes(svc) + processor_routes(svc) + web_routes()
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
     ingest = IngestApp(starlette, origins)
     return ingest

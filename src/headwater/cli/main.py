@@ -198,7 +198,9 @@ def process(
     start: Annotated[
         str,
         typer.Option(
-            "--from", help="With --replay: 'earliest', 'latest', offsets 'P:O,P:O', or an ISO time (event time)."
+            "--from",
+            help="With --replay: 'earliest', 'latest', offsets 'P:O,P:O', an ISO time (event time), or "
+            "'lake' / 'lake:ISO time' to read the events table first (what the log no longer holds).",
         ),
     ] = "earliest",
     config: ConfigOpt = None,

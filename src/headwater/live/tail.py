@@ -1,15 +1,22 @@
-"""Reads the newest records of the log without a consumer group (nothing is committed)."""
+"""Reads the newest records of the log without a consumer group (nothing is committed).
+
+With `stream=`, reads a processor's output stream instead of `events`: its records are
+`{"k", "v", "t", "id"}` and come back as rows `{"key", "value", "time", "id"}` (`time` is the
+record's event time, ISO-8601). Only streams that `streams()` names (those processors write) can
+be read, so that a request cannot create a stream.
+"""
 
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from headwater.core.events import RowBuilder
-from headwater.log.base import EventLog
+from headwater.log.base import EventLog, Record, TailReader
 
 MAX_LIMIT = 1000
 
@@ -40,11 +47,28 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _stream_row(record: Record) -> dict[str, Any]:
+    position = {"partition": record.partition, "offset": record.offset}
+    try:
+        body = orjson.loads(record.value)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict) or "v" not in body:  # not in the output-stream format: show it as it is
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        value = body if body is not None else record.value.decode(errors="replace")
+        body = {"k": key, "v": value, "t": record.timestamp_ms, "id": None}
+    t = body.get("t")
+    when = datetime.fromtimestamp(t / 1000, tz=UTC).isoformat() if isinstance(t, int | float) else None
+    return {"key": body.get("k"), "value": body.get("v"), "time": when, "t": t, "id": body.get("id"), **position}
+
+
 class LiveTail:
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, streams: Callable[[], Collection[str]] | None = None) -> None:
         self.log = log
         self._reader = log.reader()
-        self._lock = threading.Lock()  # one connection, used from the server's thread pool
+        self._streams = streams or (lambda: ())
+        self._stream_readers: dict[str, TailReader] = {}
+        self._lock = threading.Lock()  # one connection per stream, used from the server's thread pool
 
     def read(
         self,
@@ -54,17 +78,32 @@ class LiveTail:
         person: str | None = None,
         source: str | None = None,
         include_rejected: bool = True,
+        stream: str | None = None,
     ) -> dict[str, Any]:
-        """Without a cursor: the newest `limit` events. With one: events appended since, oldest first."""
+        """Without a cursor: the newest `limit` events. With one: events appended since, oldest first.
+        With `stream`: records of that output stream (filtered by key when `person` is given)."""
+        if stream is not None and stream != "events":
+            known = self._streams()
+            if stream not in known:
+                names = ", ".join(sorted(known)) or "none yet"
+                raise ValueError(f"stream {stream!r}: no processor writes it (streams: {names})")
         with self._lock:
-            return self._read(cursor, limit, event, person, source, include_rejected)
+            if stream is None or stream == "events":
+                return self._read(self._reader, cursor, limit, event, person, source, include_rejected)
+            reader = self._stream_readers.get(stream)
+            if reader is None:
+                reader = self._stream_readers[stream] = self.log.stream(stream).reader()
+            page = self._read(reader, cursor, limit, None, None, None, True, _stream_row)
+            if person is not None:
+                page["events"] = [row for row in page["events"] if row["key"] == person]
+            return page
 
     def _read(
-        self, cursor: str | None, limit: int, event: str | None, person: str | None, source: str | None,
-        include_rejected: bool,
+        self, reader: TailReader, cursor: str | None, limit: int, event: str | None, person: str | None,
+        source: str | None, include_rejected: bool, make_row: Callable[[Record], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         limit = max(1, min(limit, MAX_LIMIT))
-        ends = self._reader.end_offsets()
+        ends = reader.end_offsets()
         if cursor:
             start = parse_cursor(cursor, self.log.partitions)
         else:
@@ -73,7 +112,7 @@ class LiveTail:
         positions = dict(ends)
         for partition in range(self.log.partitions):
             begin = start[partition] if partition in start else int(ends.get(partition, 0))
-            got = self._reader.read(partition, begin, limit)
+            got = reader.read(partition, begin, limit)
             records.extend(got)
             positions[partition] = got[-1].offset + 1 if got else begin
         records.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset))
@@ -84,6 +123,11 @@ class LiveTail:
             positions = dict(start)
             for record in records:
                 positions[record.partition] = max(positions.get(record.partition, 0), record.offset + 1)
+        if make_row is not None:
+            rows = [make_row(r) for r in records]
+            if not cursor:
+                rows.reverse()
+            return {"events": rows, "cursor": format_cursor(positions)}
         rows = [self._row(r.value, r.partition, r.offset) for r in records]
         rows = [
             row for row in rows
@@ -115,3 +159,5 @@ class LiveTail:
 
     def close(self) -> None:
         self._reader.close()
+        for reader in self._stream_readers.values():
+            reader.close()

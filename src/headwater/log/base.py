@@ -186,6 +186,10 @@ class EventLog(Protocol):
 
     def reader(self) -> TailReader: ...
 
+    def partition_for(self, key: bytes) -> int:
+        """The partition a producer sends `key` to (to route records read back from the lake)."""
+        ...
+
     def checkpointer(self, name: str, consumer: Consumer) -> Checkpointer:
         """Checkpoints of the processor run `name` that reads this log through `consumer`."""
         ...

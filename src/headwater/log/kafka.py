@@ -75,6 +75,10 @@ class KafkaLog:
         self._options, self._replication_factor = options, replication_factor
         self.partitions = self._ensure_topic(partitions, replication_factor)
 
+    def partition_for(self, key: bytes) -> int:
+        """What librdkafka's `murmur2_random` partitioner (Java's default) picks for `key`."""
+        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
+
     def checkpointer(self, name: str, consumer: Any) -> Any:
         """Transactional checkpoints (see `kafka_txn`): outputs, changelog and offsets at once."""
         from headwater.log.kafka_txn import KafkaCheckpointer
@@ -339,6 +343,36 @@ def _end_offsets(admin: AdminClient, topic: str, partitions: int) -> dict[int, i
     wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}
     futures = admin.list_offsets(wanted, request_timeout=_TIMEOUT_S / 2)
     return {tp.partition: int(future.result(_TIMEOUT_S).offset) for tp, future in futures.items()}
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as a signed 32-bit int.
+
+    Written out because confluent-kafka does not expose librdkafka's partitioner to Python; the
+    tests check it against where Kafka put keyed records.
+    """
+    m, r = 0x5BD1E995, 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = length % 4
+    base = length - tail
+    if tail == 3:
+        h ^= data[base + 2] << 16
+    if tail >= 2:
+        h ^= data[base + 1] << 8
+    if tail >= 1:
+        h ^= data[base]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
 
 
 def _record(message: Any) -> Record:

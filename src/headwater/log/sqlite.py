@@ -146,6 +146,9 @@ class SqliteLog:
     def admin(self) -> SqliteAdmin:
         return SqliteAdmin(self)
 
+    def partition_for(self, key: bytes) -> int:
+        return zlib.crc32(key) % self.partitions
+
     def checkpointer(self, name: str, consumer: Any) -> SqliteCheckpointer:
         return SqliteCheckpointer(self, name)
 
@@ -443,14 +446,15 @@ class SqliteProducer:
         """Indexes of records at positions the fence already passed; moves the fence past the rest."""
         name, positions = fence
         row = conn.execute("SELECT next_position FROM fences WHERE fence = ?", (name,)).fetchone()
-        mark = row[0] if row else -1
         if positions:
             conn.execute(
                 "INSERT INTO fences VALUES (?, ?) ON CONFLICT (fence) DO UPDATE SET next_position = "
                 "max(next_position, excluded.next_position)",
                 (name, max(positions) + 1),
             )
-        return [index for index, position in enumerate(positions) if position < mark]
+        if row is None:
+            return []
+        return [index for index, position in enumerate(positions) if position < row[0]]
 
     def enforce_retention(self) -> int:
         """Delete batches every registered group has consumed and that are past retention."""

@@ -36,10 +36,12 @@ from typing import Any
 
 from headwater.core import metrics
 from headwater.core.errors import LogError, ProcessingError
+from headwater.core.settings import Settings
 from headwater.log.base import Consumer, EventLog, OutputRecord, Record
 from headwater.processing.api import Pipeline
 from headwater.processing.records import Decoded, decode_events, decode_outputs
-from headwater.processing.state import StateStore
+from headwater.processing.replay import LakeRows
+from headwater.processing.state import NO_OFFSET, StateStore
 from headwater.processing.task import Task
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ EVENT_STREAMS = {"events"}
 
 
 def parse_start(start: str) -> str | dict[int, int] | int:
-    """--from: 'earliest', 'latest', 'P:O,P:O' (offsets), or an ISO time (events before it are skipped)."""
+    """--from: 'earliest', 'latest', 'P:O,P:O' (offsets), or an ISO time (events before it are skipped);
+    'lake' or 'lake:ISO time' first reads the events table (see `replay`)."""
     from datetime import UTC, datetime
 
     if start in ("earliest", "latest"):
@@ -58,11 +61,18 @@ def parse_start(start: str) -> str | dict[int, int] | int:
         moment = datetime.fromisoformat(start.replace("Z", "+00:00"))
     except ValueError:
         raise ProcessingError(
-            f"--from {start!r}: use 'earliest', 'latest', offsets like '0:120,1:98', or an ISO time"
+            f"--from {start!r}: use 'earliest', 'latest', offsets like '0:120,1:98', an ISO time, or 'lake[:ISO time]'"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def split_lake(start: str) -> tuple[bool, str | dict[int, int] | int]:
+    """'lake' / 'lake:ISO-time' -> (True, where the log part starts); anything else -> (False, parsed)."""
+    if start == "lake" or start.startswith("lake:"):
+        return True, parse_start(start.removeprefix("lake").removeprefix(":") or "earliest")
+    return False, parse_start(start)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -111,6 +121,7 @@ class ProcessorRunner:
         new_run: bool = False,
         start: str = "earliest",
         run_id: str | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.event_log = event_log
@@ -129,8 +140,18 @@ class ProcessorRunner:
         self.input_log = event_log if pipeline.input in EVENT_STREAMS else event_log.stream(pipeline.input)
         self._decode = self._events if pipeline.input in EVENT_STREAMS else decode_outputs
         self.state = StateStore(self.manifest.state_path(self.run_id))
+        lake, where = split_lake(start)
+        self.lake_plan: dict[str, Any] | None = previous.get("lake") if previous and not new_run else None
+        if lake:
+            if pipeline.input not in EVENT_STREAMS or settings is None:
+                raise ProcessingError(f"processor {pipeline.name}: replay from the lake needs the events stream")
+            from headwater.processing.replay import plan
+
+            self.lake_plan = plan(settings, event_log, where if isinstance(where, int) else None)
+        self._settings = settings
         self.manifest.write(
             {
+                "lake": self.lake_plan,
                 "processor": pipeline.name, "description": pipeline.description, "run": self.run_id,
                 "input": pipeline.input, "partitions": self.input_log.partitions, "outputs": pipeline.outputs(),
                 "started_at": int(time.time() * 1000), "previous_run": previous["run"] if previous else None,
@@ -138,7 +159,6 @@ class ProcessorRunner:
         )  # fmt: skip
         self.consumer: Consumer = self.input_log.consumer(group_name(pipeline.name, self.run_id))
         self.checkpointer = self.input_log.checkpointer(f"{pipeline.name}.{self.run_id}", self.consumer)
-        where = parse_start(start)
         self.min_event_time = where if isinstance(where, int) else None
         self.start_from: dict[int, int] = where if isinstance(where, dict) else {}
         if where == "latest":
@@ -153,6 +173,7 @@ class ProcessorRunner:
         self.generation = -1
         self._last_checkpoint = time.monotonic()
         self._last_tick = 0.0
+        self._lake_rows: LakeRows | None = None
         self.checkpoints = 0
         self.stats = {"in": 0, "out": 0, "late": 0, "errors": 0}
         self.last_error: str | None = None
@@ -178,6 +199,8 @@ class ProcessorRunner:
             task = Task(self.pipeline, partition, self.state, self.pipeline.tables, self.run_id)
             self.tasks[partition] = task
             resume = committed.get(partition) if self.checkpointer.offsets_in_log else None
+            if self.lake_plan is not None and resume is None:
+                resume = self._replay_lake(task)
             if resume is None and task.checkpoint is not None:
                 resume = task.checkpoint[0]
             if resume is None:
@@ -185,6 +208,26 @@ class ProcessorRunner:
             if resume is not None:
                 self.consumer.seek(partition, resume)
         self.generation = self.consumer.generation
+
+    def _replay_lake(self, task: Task) -> int | None:
+        """Apply the lake rows of the task's partition; return the log offset to go on from."""
+        from headwater.processing.replay import load_rows
+
+        assert self.lake_plan is not None and self._settings is not None
+        end = int(self.lake_plan["offsets"].get(str(task.partition), 0))
+        if task.checkpoint is not None and task.checkpoint[0] >= end:
+            return None  # done before a restart
+        if self._lake_rows is None:
+            self._lake_rows = load_rows(self._settings, self.event_log, self.lake_plan)
+        rows = self._lake_rows.get(task.partition, [])
+        base = end - len(rows)
+        for index, (key, value, ts) in enumerate(rows):
+            task.process(key, value, ts, base + index)  # skips what a checkpoint before a crash holds
+        task.next_offset = max(task.next_offset, end)
+        log.info(
+            "processor %s partition %d: replayed %d rows from the lake", self.pipeline.name, task.partition, len(rows)
+        )
+        return end
 
     def _restore(self, partition: int) -> None:
         """Bring this worker's state file up to the changelog (partitions move between workers)."""
@@ -239,9 +282,9 @@ class ProcessorRunner:
         for partition, task in self.tasks.items():
             for stream, items in task.take_outputs().items():
                 outputs[(stream, partition)] = [OutputRecord(i.key, i.value, i.position, i.idempotency) for i in items]
-            checkpoint = (task.next_offset, task.stream_time) if task.next_offset >= 0 else None
+            checkpoint = (task.next_offset, task.stream_time) if task.next_offset != NO_OFFSET else None
             changes[partition] = self.state.collect(task.stores(), task.served(), checkpoint)
-            if checkpoint is not None:
+            if checkpoint is not None and checkpoint[0] >= 0:  # negative: still replaying rows from the lake
                 offsets[partition] = checkpoint[0]
         try:
             ends = self.checkpointer.write(outputs, changes if self.checkpointer.changelog else {}, offsets)

@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 _MISSING = object()
 _EVENT_TIME = struct.Struct("<q")
-_NO_TIME = -(1 << 62)
+NO_TIME = -(1 << 62)
+NO_OFFSET = -(1 << 62)
+"""No checkpoint yet (offsets may be negative: rows replayed from the lake come before the log's)."""
 
 
 def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
@@ -155,7 +157,7 @@ class StateStore:
         row = self._conn.execute(
             "SELECT next_offset, stream_time FROM checkpoints WHERE partition = ?", (partition,)
         ).fetchone()
-        return (int(row[0]), int(row[1])) if row and row[0] >= 0 else None
+        return (int(row[0]), int(row[1])) if row and row[0] != NO_OFFSET else None
 
     def changelog_offset(self, partition: int) -> int:
         """Next changelog offset this file has applied for `partition` (0: none)."""
@@ -212,9 +214,9 @@ class StateStore:
                 written += len(records)
                 if end is not None:
                     conn.execute(
-                        "INSERT INTO checkpoints VALUES (?, -1, ?, ?, ?) ON CONFLICT (partition) "
+                        "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (partition) "
                         "DO UPDATE SET changelog_offset = excluded.changelog_offset",
-                        (partition, _NO_TIME, now, end),
+                        (partition, NO_OFFSET, NO_TIME, now, end),
                     )
             conn.execute("COMMIT")
         except BaseException:

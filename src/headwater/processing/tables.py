@@ -82,6 +82,7 @@ class StreamTableWriter:
         self.consumer: Consumer = self.log.consumer(f"table.{table_name}.{stream}")
         self.table: Table | None = None
         self.rows = 0
+        self.generation = -1
         self._resume()
 
     def _load(self) -> Table | None:
@@ -91,10 +92,13 @@ class StreamTableWriter:
             return None
 
     def _resume(self) -> None:
+        """Read on from the offsets the table's snapshots record (after a start, a failure or a
+        rebalance: what the table holds decides, not the group's offsets)."""
         self.table = self._load()
         done = snapshot_offsets(self.table, self.offsets_key) if self.table is not None else {}
-        for partition in range(self.log.partitions):
+        for partition in self.consumer.assignment():
             self.consumer.seek(partition, done.get(partition, 0))
+        self.generation = self.consumer.generation
 
     def _create(self, arrow_schema: pa.Schema) -> Table:
         with contextlib.suppress(Exception):
@@ -111,7 +115,12 @@ class StreamTableWriter:
 
     def poll(self, timeout_s: float = 0.2, max_records: int = 20_000) -> int:
         """Read a batch and commit it; return rows appended."""
+        if self.generation != self.consumer.generation:
+            self._resume()
         records = self.consumer.poll(max_records, timeout_s)
+        if self.generation != self.consumer.generation:
+            self._resume()  # the batch may straddle a rebalance: read it again from the table's offsets
+            return 0
         if not records:
             return 0
         positions = self.consumer.positions()

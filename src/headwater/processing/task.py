@@ -21,14 +21,13 @@ import orjson
 from headwater.core.errors import ProcessingError
 from headwater.processing.api import Output, Pipeline
 from headwater.processing.nodes import Node, Push
-from headwater.processing.state import KeyValue, ServedTable, StateStore
+from headwater.processing.state import NO_OFFSET, NO_TIME, KeyValue, ServedTable, StateStore
 
 if TYPE_CHECKING:
     from headwater.processing.joins import ReferenceTable
 
 log = logging.getLogger(__name__)
 WALL_CLOCK_BASE = 1 << 19  # positions of wall-clock timer outputs within an offset's range
-NO_TIME = -(1 << 62)
 
 
 @dataclass(slots=True)
@@ -84,7 +83,7 @@ class Task:
         self._wall_listeners: list[Callable[[int], None]] = []
         self.outputs: dict[str, list[PendingOutput]] = {}
         self.checkpoint = state.checkpoint_of(partition)
-        self.next_offset = self.checkpoint[0] if self.checkpoint else -1
+        self.next_offset = self.checkpoint[0] if self.checkpoint else NO_OFFSET
         self.stream_time = self.checkpoint[1] if self.checkpoint else NO_TIME
         self.offset = -1
         self._seq = 0

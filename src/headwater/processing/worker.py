@@ -79,6 +79,7 @@ class ProcessorWorker:
             self.runners.append(
                 ProcessorRunner(
                     p, event_log, settings.processors_dir, new_run=start is not None, start=start or "earliest",
+                    settings=settings,
                     checkpoint_interval_ms=settings.processor_checkpoint_ms, max_batch=settings.processor_max_batch,
                 )
             )  # fmt: skip
@@ -191,6 +192,7 @@ class ProcessorWorker:
                 self._runner_threads[index].join()
                 self.runners[index] = ProcessorRunner(
                     runner.pipeline, self.event_log, self.settings.processors_dir, new_run=True, start=start,
+                    settings=self.settings,
                     checkpoint_interval_ms=self.settings.processor_checkpoint_ms,
                     max_batch=self.settings.processor_max_batch,
                 )  # fmt: skip

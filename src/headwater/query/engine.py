@@ -1,7 +1,9 @@
 """Sandboxed DuckDB over the Iceberg tables.
 
 File lists come from pyiceberg's scan planning (cached per table metadata version) and are
-exposed as views `events` and `quarantine`. The database then has external access disabled
+exposed as views `events` and `quarantine`, and one view per other table of the `headwater`
+namespace (processor outputs such as `processor_late`), reading its files by column name since
+their schema grows as new fields appear. The database then has external access disabled
 except for the warehouse directory, its configuration locked, and every statement is checked to
 be a single SELECT before it runs; a timer interrupts queries past the time limit.
 """
@@ -18,16 +20,28 @@ from urllib.parse import urlparse
 
 import duckdb
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import Table
 
 from headwater.core import metrics
 from headwater.core.errors import QueryError
 from headwater.core.settings import Settings
-from headwater.lake.tables import JSON_COLUMNS, SPECS, close_catalog, ensure_tables, open_catalog, warehouse_uri
+from headwater.lake.tables import (
+    JSON_COLUMNS,
+    NAMESPACE,
+    SPECS,
+    close_catalog,
+    ensure_tables,
+    open_catalog,
+    warehouse_uri,
+)
 
 log = logging.getLogger(__name__)
 DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
+OUTPUT_TYPES = {
+    **DUCK_TYPES, "timestamptz": "TIMESTAMPTZ", "double": "DOUBLE", "float": "FLOAT", "boolean": "BOOLEAN",
+    "date": "DATE", "binary": "BLOB",
+}  # fmt: skip
 
 
 @dataclass
@@ -95,6 +109,39 @@ class QueryEngine:
                     continue
                 self._db.execute(self._view_sql(name, table))
                 self._views[name] = table.metadata_location
+            self._refresh_outputs()
+
+    def _refresh_outputs(self) -> None:
+        """Views over the namespace's other tables: created, rebuilt on a new version, dropped when gone."""
+        try:
+            listed = {ident[-1] for ident in self.catalog.list_tables(NAMESPACE)} - set(SPECS)
+        except NoSuchNamespaceError:
+            listed = set()
+        for name in [n for n in self._views if n not in SPECS and n not in listed]:
+            self._db.execute(f"DROP VIEW IF EXISTS {_ident(name)}")
+            del self._views[name]
+        for name in sorted(listed):
+            table = self._load(name)
+            if table is None or self._views.get(name) == table.metadata_location:
+                continue
+            try:
+                self._db.execute(self._output_view_sql(name, table))
+            except duckdb.Error as exc:  # one unreadable table must not stop queries of the others
+                log.warning("cannot expose table %s to SQL: %s", name, _clean(exc))
+                continue
+            self._views[name] = table.metadata_location
+
+    def _output_view_sql(self, name: str, table: Table) -> str:
+        files = [_local_path(task.file.file_path) for task in table.scan().plan_files()]
+        if not files:
+            empty = ", ".join(
+                f"CAST(NULL AS {OUTPUT_TYPES.get(str(c.field_type), 'VARCHAR')}) AS {_ident(c.name)}"
+                for c in table.schema().columns
+            )
+            return f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT {empty} WHERE false"
+        listed = ", ".join(_quote(f) for f in files)  # the folders are named like hive partitions: ignore that
+        source = f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)"
+        return f"CREATE OR REPLACE VIEW {_ident(name)} AS SELECT * FROM {source}"
 
     def _refresh_or_refuse(self) -> None:
         try:
@@ -211,6 +258,10 @@ def _open_object_store(db: duckdb.DuckDBPyConnection, settings: Settings) -> Non
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _clean(exc: Exception) -> str:

@@ -143,9 +143,9 @@ def run_writer(settings: Settings) -> None:
 
 def request_replay(settings: Settings, name: str, start: str) -> Path:
     """Ask the running processor `name` to start a new run from `start` (it checks every second)."""
-    from headwater.processing.runtime import Manifest, parse_start
+    from headwater.processing.runtime import Manifest, split_lake
 
-    parse_start(start)  # refuse a bad --from here, not in the running process
+    split_lake(start)  # refuse a bad --from here, not in the running process
     manifest = Manifest(settings.processors_dir, name)
     if manifest.read() is None:
         raise ConfigError(f"no processor named {name!r} has run in {settings.data_dir}")

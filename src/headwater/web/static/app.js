@@ -1,4 +1,6 @@
 // Headwater web app: a small single-page app over the JSON API (no build step).
+import { processorsPage, streamLive } from "./processors.js";
+
 const view = document.getElementById("view");
 let me = null;
 let timers = [];
@@ -403,6 +405,7 @@ async function route() {
     a.classList.toggle("active", location.hash.startsWith(a.getAttribute("href")));
   }
   const [page, arg] = location.hash.replace(/^#\//, "").split("/");
+  const helpers = { view, h, api, table, every: (fn, ms) => timers.push(setInterval(fn, ms)) };
   try {
     if (page === "insights") insights();
     else if (page === "sql") sqlPage();
@@ -410,6 +413,8 @@ async function route() {
     else if (page === "dashboard") await dashboard(arg);
     else if (page === "catalog") await catalog();
     else if (page === "keys") await keys();
+    else if (page === "processors") await processorsPage(helpers);
+    else if (page === "live" && arg) streamLive(helpers, decodeURIComponent(arg));
     else live();
   } catch (err) { view.replaceChildren(h("div", { class: "card error" }, err.message)); }
 }
