@@ -158,7 +158,7 @@ class ProcessorRunner:
             }
         )  # fmt: skip
         self.consumer: Consumer = self.input_log.consumer(group_name(pipeline.name, self.run_id))
-        self.checkpointer = self.input_log.checkpointer(f"{pipeline.name}.{self.run_id}", self.consumer)
+        self.checkpointer = event_log.checkpointer(f"{pipeline.name}.{self.run_id}", self.consumer)
         self.min_event_time = where if isinstance(where, int) else None
         self.start_from: dict[int, int] = where if isinstance(where, dict) else {}
         if where == "latest":
