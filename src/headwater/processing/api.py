@@ -237,6 +237,14 @@ class Stream(Node):
         self.pipeline.table(table)
         return self._then(TableJoin(table.name, key, merge, how))
 
+    def apply_rules(self, table: ReferenceTable, *, merge: Callable[[Any, Any], Any] | None = None) -> Stream:
+        """Rules as data: emit merge(value, rule) for each row of `table` whose conditions hold
+        (see `processing.rules` for the row format); rules change when the table is reloaded."""
+        from headwater.processing.rules import RulesNode
+
+        self.pipeline.table(table)
+        return self._then(RulesNode(table.name, merge))
+
     # -- windows --------------------------------------------------------------------------------
     def tumbling_window(self, size: int, grace: int = 0) -> WindowedStream:
         return WindowedStream(self, w.Tumbling(size, grace))

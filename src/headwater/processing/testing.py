@@ -60,6 +60,8 @@ class TestDriver:
             timestamp = value["timestamp"]
         if partition is None:
             partition = 0 if key is None else zlib.crc32(key.encode()) % self.partitions
+        for table in self.pipeline.tables.values():
+            table.refresh()  # as the runtime does between records (each table at its refresh_s)
         task = self.tasks[partition]
         offset = self._offsets[partition]
         self._offsets[partition] += 1
