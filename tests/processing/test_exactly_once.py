@@ -202,14 +202,16 @@ class Expected:
 def reference(events: list[Ev], partition_for: Callable[[bytes], int]) -> Expected:
     """The pipeline's results, by the semantics of windows.py / joins.py / task.py, in plain Python:
     stream time per input partition (max event time, this record included), late = window end +
-    grace <= stream time (join: t + window + grace + 1 <= stream time), join rows expire when stream
-    time advances on a record that did not fail."""
+    grace <= stream time (join: t + within + grace + 1 <= stream time), join rows are kept until
+    t + 2 * within + grace + 1 <= stream time, expiring when stream time advances on a record that
+    did not fail."""
     stream_time: dict[int, int] = {}
     windows: Counter[tuple[str, int]] = Counter()
     sides: dict[tuple[int, str], dict[str, list[Ev]]] = {}
     totals: dict[str, dict[str, Any]] = {}
     out = Expected(streams={name: Counter() for name in ("xo-counts", "xo-totals", "xo-joined")})
-    keep = WITHIN + JOIN_GRACE
+    late_after = WITHIN + JOIN_GRACE  # a record's interval closed
+    keep = 2 * WITHIN + JOIN_GRACE  # until no record that is not late could meet it
     for ev in events:
         p = partition_for(ev.user.encode())
         before = stream_time.get(p, -(1 << 62))
@@ -232,7 +234,7 @@ def reference(events: list[Ev], partition_for: Callable[[bytes], int]) -> Expect
         elif ev.name in ("req", "resp"):
             mine = sides.setdefault((p, ev.name), {})
             other = sides.setdefault((p, "resp" if ev.name == "req" else "req"), {})
-            if ev.ts + keep + 1 <= st:
+            if ev.ts + late_after + 1 <= st:
                 out.late[ev.mid] += 1
             else:
                 for match in other.get(ev.user, []):

@@ -1,9 +1,11 @@
 """Joins: stream-stream interval joins on the key, and lookups in reference tables.
 
 Interval join (Kafka Streams' `JoinWindows`, Flink's interval join): a left record at t meets the
-right records of its key with times in [t - before, t + after]. Each side keeps its records until
-no record of the other side can still meet them: until t + after + grace (left) or
-t + before + grace (right) is at or before stream time. A record that arrives after that is late.
+right records of its key with times in [t - before, t + after] (bounds included). A record is
+late once its interval has closed: t + after + grace + 1 <= stream time for a left record,
+t + before + grace + 1 <= stream time for a right one. Both sides keep their records until no
+record that is not late could still meet them (t + before + after + grace + 1 <= stream time);
+that is also when a left join reports a left record that met nothing.
 
 Reference tables (PMU's campaign table) change while the processor runs: they are reloaded from
 their origin (an Iceberg table, a CSV/JSON file, rows given in code) every `refresh_s` seconds,
@@ -82,12 +84,13 @@ class _JoinOperator:
         self.left = task.store(join.node_id + ".left")
         self.right = task.store(join.node_id + ".right")
         self.heap: list[tuple[int, str, str, str | None]] = []
-        self.keep_left = join.after + join.grace
-        self.keep_right = join.before + join.grace
-        for side, store, keep in (("L", self.left, self.keep_left), ("R", self.right, self.keep_right)):
+        self.late_left = join.after + join.grace
+        self.late_right = join.before + join.grace
+        self.keep = join.before + join.after + join.grace
+        for side, store in (("L", self.left), ("R", self.right)):
             for key, rows in store.items():
                 for t, _value, _matched in rows:
-                    heapq.heappush(self.heap, (t + keep + 1, side, key or "", key))
+                    heapq.heappush(self.heap, (t + self.keep + 1, side, key or "", key))
         task.on_stream_time(self.advance)
 
     def _late(self, key: str | None, value: Any, ts: int, keep: int, side: str) -> bool:
@@ -97,7 +100,7 @@ class _JoinOperator:
         return False
 
     def push_left(self, key: str | None, value: Any, ts: int) -> None:
-        if self._late(key, value, ts, self.keep_left, "left"):
+        if self._late(key, value, ts, self.late_left, "left"):
             return
         matched = False
         merge = self.join.merge
@@ -108,17 +111,17 @@ class _JoinOperator:
         rows = list(self.left.get(key, ()))
         rows.append((ts, value, matched))
         self.left.put(key, rows)
-        heapq.heappush(self.heap, (ts + self.keep_left + 1, "L", key or "", key))
+        heapq.heappush(self.heap, (ts + self.keep + 1, "L", key or "", key))
 
     def push_right(self, key: str | None, value: Any, ts: int) -> None:
-        if self._late(key, value, ts, self.keep_right, "right"):
+        if self._late(key, value, ts, self.late_right, "right"):
             return
         merge = self.join.merge
         rows = self.left.get(key, ())
         changed = False
         updated = []
         for lt, lvalue, matched in rows:
-            if lt - self.join.after <= ts <= lt + self.join.before:
+            if lt - self.join.before <= ts <= lt + self.join.after:
                 self.downstream(key, merge(lvalue, value), max(ts, lt))
                 if not matched:
                     matched, changed = True, True
@@ -128,7 +131,7 @@ class _JoinOperator:
         right_rows = list(self.right.get(key, ()))
         right_rows.append((ts, value, False))
         self.right.put(key, right_rows)
-        heapq.heappush(self.heap, (ts + self.keep_right + 1, "R", key or "", key))
+        heapq.heappush(self.heap, (ts + self.keep + 1, "R", key or "", key))
 
     def advance(self, stream_time: int) -> None:
         heap = self.heap
@@ -138,7 +141,7 @@ class _JoinOperator:
                 self._expire_left(key, stream_time)
             else:
                 rows = self.right.get(key, ())
-                kept = [row for row in rows if row[0] + self.keep_right + 1 > stream_time]
+                kept = [row for row in rows if row[0] + self.keep + 1 > stream_time]
                 if len(kept) != len(rows):
                     self.right.put(key, kept or None)
 
@@ -146,7 +149,7 @@ class _JoinOperator:
         rows = self.left.get(key, ())
         kept = []
         for row in rows:
-            if row[0] + self.keep_left + 1 > stream_time:
+            if row[0] + self.keep + 1 > stream_time:
                 kept.append(row)
             elif self.join.how == "left" and not row[2]:
                 self.downstream(key, self.join.merge(row[1], None), row[0])

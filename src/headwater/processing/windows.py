@@ -2,13 +2,16 @@
 
 Semantics (DESIGN.md): stream time is the largest event time seen on the input partition; a
 window closes once its end plus the grace period is at or before stream time. Its final result
-is emitted then, once; a record whose windows are all closed is late and goes to the late table
-with the reason. Windows are half-open [start, end): a record exactly on `end` opens the next one.
+is emitted then, once. A record that arrives for a closed window goes to the late table with the
+reason (per window: a hopping record still counts in its open windows, and is listed late for the
+closed ones). Windows are half-open [start, end): a record exactly on `end` opens the next one.
 - tumbling(size): [k*size, (k+1)*size)
 - hopping(size, step): every [k*step, k*step + size) that holds the record
-- sliding(size): a window [t - size, t] for each distinct record time t of the key (end = t + 1)
+- sliding(size): a window [t - size, t] for each distinct record time t of the key (end = t + 1),
+  folding its records in event-time order
 - session(gap): records of a key at most `gap` apart chain into one session [first, last + 1);
-  it closes when stream time reaches last + gap + 1 + grace.
+  it closes when stream time reaches last + gap + 1 + grace; a record within `gap` of a closed
+  session is late.
 """
 
 from __future__ import annotations
@@ -254,13 +257,20 @@ class SlidingOperator(_Operator):
 
     def push(self, key: str | None, value: Any, ts: int) -> None:
         stream_time = self.task.stream_time
-        if ts + 1 + self.grace <= stream_time:
-            self.task.late(key, value, ts, "window closed (end + grace <= stream time)")
-            return
         kept = list(self.records.get(key, ()))
+        own_closed = ts + 1 + self.grace <= stream_time
+        if own_closed:
+            # later windows [t - size, t] with ts <= t <= ts + size may still be open and take it
+            later = {t for t, _ in kept if ts <= t <= ts + self.size and self.store.get((key, t)) is not None}
+            if not later:
+                self.task.late(key, value, ts, "window closed (end + grace <= stream time)")
+                return
+            self.task.late(key, value, ts, "own window closed (end + grace <= stream time); counted in later ones")
         kept.append((ts, value))
         kept.sort(key=lambda item: item[0])
         self.records.put(key, kept)
+        if own_closed:
+            return
         if self.store.get((key, ts)) is None:
             self.store.put((key, ts), True)
             heapq.heappush(self.heap, (ts + 1 + self.grace, _heap_key(key), ts, key))
@@ -291,6 +301,7 @@ class SessionOperator(_Operator):
     def __init__(self, node: WindowNode, task: Task, downstream: Push) -> None:
         super().__init__(node, task, downstream)
         self.gap = node.window.gap  # type: ignore[attr-defined]
+        self.closed = task.store(node.node_id + ".closed")
         for key, sessions in self.store.items():
             for start, (last, _values) in sessions.items():
                 heapq.heappush(self.heap, (last + self.gap + 1 + self.grace, _heap_key(key), start, key))
@@ -305,7 +316,7 @@ class SessionOperator(_Operator):
         stream_time, gap, grace = self.task.stream_time, self.gap, self.grace
         sessions: dict[int, tuple[int, list[Any]]] = dict(self.store.get(key) or {})
         reach = [s for s, (last, _) in sessions.items() if s - gap <= ts <= last + gap]
-        if not reach and ts + gap + 1 + grace <= stream_time:
+        if not reach and (ts + gap + 1 + grace <= stream_time or self._reaches_closed(key, ts)):
             self.task.late(key, value, ts, "session closed (last + gap + grace <= stream time)")
             return
         start, last = ts, ts
@@ -331,5 +342,18 @@ class SessionOperator(_Operator):
         sessions = dict(sessions)
         del sessions[start]
         self.store.put(key, sessions or None)
+        closed = [(s, e) for s, e in self.closed.get(key, ()) if e + 2 * self.gap + 1 + self.grace > close_at]
+        closed.append((start, last))
+        self.closed.put(key, closed)
         if not self.current:
             self.emit(key, start, last + 1, self._fold(values))
+
+    def _reaches_closed(self, key: str | None, ts: int) -> bool:
+        """A record within `gap` of a closed session belongs to it: it is late, not a new session.
+        Closed sessions are remembered until no record that is not late could reach them."""
+        horizon = self.task.stream_time - 2 * self.gap - 1 - self.grace
+        closed = self.closed.get(key, ())
+        live = [(s, e) for s, e in closed if e > horizon]
+        if len(live) != len(closed):
+            self.closed.put(key, live or None)
+        return any(s - self.gap <= ts <= e + self.gap for s, e in live)
