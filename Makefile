@@ -38,9 +38,10 @@ up: install  ## start everything on embedded defaults, with demo traffic
 	$(VENV)/bin/headwater up --demo
 
 lint: install  ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
+	for example in examples/*/; do $(VENV)/bin/mypy --explicit-package-bases "$$example" || exit 1; done
 
 test: lint browser services  ## the whole suite (what CI runs)
 	$(VENV)/bin/pytest
@@ -58,7 +59,7 @@ screenshots: install browser  ## refresh docs/screenshots/ from the browser test
 	HEADWATER_SCREENSHOTS=1 $(VENV)/bin/pytest tests/browser -q
 
 format: install
-	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff format src tests bench examples
 	$(VENV)/bin/ruff check --fix src tests bench
 
 bench: install services  ## benchmarks; JSON on stdout, a copy in bench/results/

@@ -14,3 +14,4 @@ $PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --users 100000 --keep
 $PY -m bench.importer
 $PY -m bench.maintenance
 $PY -m bench.insights
+$PY -m bench.processing  # stream processors: records/s through the runner and TestDriver, HTTP ack -> output latency, state lookups

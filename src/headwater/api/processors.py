@@ -116,42 +116,44 @@ class ProcessorRegistry:
         return out
 
     # -- state tables -----------------------------------------------------------------------------
-    def reader(self, table: str) -> ServedReader:
-        """The reader of the processor serving `table` (NotFound when none does)."""
-        with self._lock:
-            self._rescan()
+    def _reader(self, table: str) -> ServedReader:
+        """The reader of the processor serving `table` (NotFound when none does); call with the lock
+        held, and use the reader under it too (a rescan may close it)."""
+        self._rescan()
+        name = self._serving.get(table)
+        if name is None:
+            self._rescan(force=True)  # a processor may have started since the last scan
             name = self._serving.get(table)
-            if name is None:
-                self._rescan(force=True)  # a processor may have started since the last scan
-                name = self._serving.get(table)
-            if name is None:
-                known = ", ".join(sorted(self._serving)) or "none yet"
-                raise NotFound(f"state table {table!r}: no processor serves it (state tables: {known})")
-            run = str(self._manifests[name].get("run"))
-            path = self.folder / name / f"state-{run}.db"
-            cached = self._readers.get(name)
-            if cached is not None and cached[0] == path:
-                return cached[1]
-            if cached is not None:
-                cached[1].close()
-                del self._readers[name]
-            if not path.exists():
-                raise NotFound(f"state table {table!r}: processor {name!r} (run {run}) has no state file yet")
-            try:
-                reader = ServedReader(path)
-            except sqlite3.Error as exc:
-                raise NotFound(f"state table {table!r}: cannot open the state of processor {name!r}: {exc}") from None
-            self._readers[name] = (path, reader)
-            return reader
+        if name is None:
+            known = ", ".join(sorted(self._serving)) or "none yet"
+            raise NotFound(f"state table {table!r}: no processor serves it (state tables: {known})")
+        run = str(self._manifests[name].get("run"))
+        path = self.folder / name / f"state-{run}.db"
+        cached = self._readers.get(name)
+        if cached is not None and cached[0] == path:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+            del self._readers[name]
+        if not path.exists():
+            raise NotFound(f"state table {table!r}: processor {name!r} (run {run}) has no state file yet")
+        try:
+            reader = ServedReader(path)
+        except sqlite3.Error as exc:
+            raise NotFound(f"state table {table!r}: cannot open the state of processor {name!r}: {exc}") from None
+        self._readers[name] = (path, reader)
+        return reader
 
     def get(self, table: str, key: str) -> dict[str, Any]:
-        found = self.reader(table).get(table, key)
+        with self._lock:
+            found = self._reader(table).get(table, key)
         if found is None:
             raise NotFound(f"key {key!r} not found in state table {table!r}")
         return {"table": table, "key": key, "value": found[0], "event_time": found[1]}
 
     def scan(self, table: str, prefix: str = "", start: str | None = None, limit: int = DEFAULT_SCAN) -> dict[str, Any]:
-        rows = self.reader(table).scan(table, prefix, start, limit + 1)
+        with self._lock:
+            rows = self._reader(table).scan(table, prefix, start, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return {"rows": rows, "next": rows[-1]["key"] if more else None}

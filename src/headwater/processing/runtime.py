@@ -39,7 +39,7 @@ from headwater.core.errors import LogError, ProcessingError
 from headwater.core.settings import Settings
 from headwater.log.base import Consumer, EventLog, OutputRecord, Record
 from headwater.processing.api import Pipeline
-from headwater.processing.records import Decoded, decode_events, decode_outputs
+from headwater.processing.records import Decoded, EventDecoder, decode_outputs
 from headwater.processing.replay import LakeRows
 from headwater.processing.state import NO_OFFSET, StateStore
 from headwater.processing.task import Task
@@ -138,6 +138,7 @@ class ProcessorRunner:
         else:
             self.run_id = str(previous["run"])
         self.input_log = event_log if pipeline.input in EVENT_STREAMS else event_log.stream(pipeline.input)
+        self._decoder = EventDecoder(self.input_log.log_id)
         self._decode = self._events if pipeline.input in EVENT_STREAMS else decode_outputs
         self.state = StateStore(self.manifest.state_path(self.run_id))
         lake, where = split_lake(start)
@@ -181,7 +182,7 @@ class ProcessorRunner:
             table.refresh(force=True)
 
     def _events(self, records: list[Record]) -> Iterator[Decoded]:
-        return decode_events(records, self.input_log.log_id)
+        return self._decoder.decode(records)
 
     # -- partitions -------------------------------------------------------------------------------
     def _sync_assignment(self) -> None:

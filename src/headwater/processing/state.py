@@ -56,18 +56,23 @@ def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
 class KeyValue:
     """One named store of one partition: get / put / delete / scan, cached, written at checkpoint."""
 
-    __slots__ = ("_cache", "_conn", "_dirty", "name", "partition")
+    __slots__ = ("_cache", "_complete", "_conn", "_dirty", "name", "partition")
 
     def __init__(self, conn: sqlite3.Connection | None, partition: int, name: str) -> None:
         self._conn, self.partition, self.name = conn, partition, name
         self._cache: dict[Any, Any] = {}
         self._dirty: set[Any] = set()
+        # the cache holds every entry there is (a store that started empty): a miss needs no read
+        self._complete = conn is None or (
+            conn.execute("SELECT 1 FROM kv WHERE partition = ? AND store = ? LIMIT 1", (partition, name)).fetchone()
+            is None
+        )
 
     def get(self, key: Any, default: Any = None) -> Any:
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             value = None
-            if self._conn is not None:
+            if not self._complete and self._conn is not None:
                 row = self._conn.execute(
                     "SELECT value FROM kv WHERE partition = ? AND store = ? AND key = ?",
                     (self.partition, self.name, pickle.dumps(key)),
@@ -115,6 +120,7 @@ class KeyValue:
         self._dirty.clear()
         if len(self._cache) > max_cached and self._conn is not None:
             self._cache.clear()  # everything is on disk now: start the cache over
+            self._complete = False
 
 
 class ServedTable:
@@ -209,8 +215,7 @@ class StateStore:
                     ).fetchone()
                     if row is not None and row[0] >= end:
                         continue
-                for key, value in records:
-                    self._apply_one(conn, partition, key, value, now)
+                self._apply_records(conn, partition, records, now)
                 written += len(records)
                 if end is not None:
                     conn.execute(
@@ -225,37 +230,42 @@ class StateStore:
         return written
 
     @staticmethod
-    def _apply_one(conn: sqlite3.Connection, partition: int, key: bytes, value: bytes | None, now: int) -> None:
-        kind = key[:1]
-        if kind == b"c":
-            if value is not None:
-                offset, stream_time = pickle.loads(value)
-                conn.execute(
-                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?, 0) ON CONFLICT (partition) DO UPDATE SET "
-                    "next_offset = excluded.next_offset, stream_time = excluded.stream_time, updated_ms = ?",
-                    (partition, offset, stream_time, now, now),
-                )
-            return
-        name, _, rest = key[1:].partition(b"\0")
-        if kind == b"k":
-            if value is None:
-                conn.execute(
-                    "DELETE FROM kv WHERE partition = ? AND store = ? AND key = ?", (partition, name.decode(), rest)
-                )
-            else:
-                conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", (partition, name.decode(), rest, value))
-        elif kind == b"s":
-            if value is None:
-                conn.execute(
-                    "DELETE FROM served WHERE name = ? AND key = ? AND partition = ?",
-                    (name.decode(), rest.decode(), partition),
-                )
+    def _apply_records(
+        conn: sqlite3.Connection, partition: int, records: list[tuple[bytes, bytes | None]], now: int
+    ) -> None:
+        """Sort changelog records by kind and write each kind with one executemany."""
+        kv_put, kv_del, served_put, served_del = [], [], [], []
+        checkpoint = None
+        latest = dict(records)  # a restore batch may change a key several times: the last one wins
+        for key, value in latest.items():
+            kind = key[:1]
+            if kind == b"c":
+                checkpoint = value if value is not None else checkpoint
+                continue
+            name, _, rest = key[1:].partition(b"\0")
+            if kind == b"k":
+                if value is None:
+                    kv_del.append((partition, name.decode(), rest))
+                else:
+                    kv_put.append((partition, name.decode(), rest, value))
+            elif value is None:
+                served_del.append((name.decode(), rest.decode(), partition))
             else:
                 (event_time,) = _EVENT_TIME.unpack_from(value)
-                conn.execute(
-                    "INSERT OR REPLACE INTO served VALUES (?, ?, ?, ?, ?, ?)",
-                    (name.decode(), rest.decode(), partition, value[_EVENT_TIME.size :].decode(), event_time, now),
+                served_put.append(
+                    (name.decode(), rest.decode(), partition, value[_EVENT_TIME.size :].decode(), event_time, now)
                 )
+        conn.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", kv_put)
+        conn.executemany("DELETE FROM kv WHERE partition = ? AND store = ? AND key = ?", kv_del)
+        conn.executemany("INSERT OR REPLACE INTO served VALUES (?, ?, ?, ?, ?, ?)", served_put)
+        conn.executemany("DELETE FROM served WHERE name = ? AND key = ? AND partition = ?", served_del)
+        if checkpoint is not None:
+            offset, stream_time = pickle.loads(checkpoint)
+            conn.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, 0) ON CONFLICT (partition) DO UPDATE SET "
+                "next_offset = excluded.next_offset, stream_time = excluded.stream_time, updated_ms = ?",
+                (partition, offset, stream_time, now, now),
+            )
 
     def saved(self, stores: list[KeyValue], served: list[ServedTable]) -> None:
         """Mark changes written (after apply succeeded)."""

@@ -132,7 +132,8 @@ class StreamTableWriter:
         if self.table is None:
             self.table = self._create(rows.schema)
         table = self.table
-        new = [f for f in rows.schema if table.schema().find_field(f.name, case_sensitive=True) is None] if rows else []
+        existing = {f.name for f in table.schema().fields}
+        new = [f for f in rows.schema if f.name not in existing]
         if new:
             with table.update_schema() as update:
                 update.union_by_name(pa.schema(new))
