@@ -1,4 +1,12 @@
-"""HTTP routes for saved insights, dashboards and share links."""
+"""HTTP routes for saved insights, dashboards and share links.
+
+Processor tiles (`{"live": {"stream"}}`, `{"state": {"table", ...}}`) are checked when a board is
+saved: the stream must be one a processor writes, the state table one a processor serves (400
+naming the field otherwise; what the saved board already showed stays accepted). A share link
+gives their data only as the tiles show it: `GET /api/shared/<token>` carries each processor
+tile's rows, and `GET /api/shared/<token>/live/<tile>` the newest records of a live tile (events
+or its stream).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +20,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from headwater.api.principal import Principal, authenticate
-from headwater.boards.render import run_dashboard
-from headwater.core.errors import AuthError, QueryError
+from headwater.api.processors import NotFound, ProcessorRegistry
+from headwater.boards.render import ProcessorData, run_dashboard, stream_rows
+from headwater.boards.store import ProcessorOutputs
+from headwater.core.errors import AuthError, LogError, QueryError
+from headwater.live.tail import LiveTail
 
 Handler = Callable[[Request, Principal], Awaitable[Any]]
 
@@ -40,7 +51,48 @@ def _int(request: Request, name: str) -> int:
     return int(value)
 
 
+class ProcessorReads(ProcessorData):
+    """Processor tiles' data from the state tables the registry finds and the streams the live tail reads."""
+
+    def __init__(self, registry: ProcessorRegistry, live: LiveTail) -> None:
+        self.registry = registry
+        self.live = live
+
+    def state_rows(self, table: str, prefix: str, limit: int) -> list[dict[str, Any]]:
+        try:
+            rows: list[dict[str, Any]] = self.registry.scan(table, prefix, None, limit)["rows"]
+        except NotFound as exc:
+            raise QueryError(str(exc), 404) from None
+        return rows
+
+    def stream_rows(self, stream: str, limit: int) -> list[dict[str, Any]]:
+        try:
+            rows: list[dict[str, Any]] = self.live.read(None, limit, None, None, None, True, stream)["events"]
+        except ValueError as exc:  # no processor writes it (any more)
+            raise QueryError(str(exc), 404) from None
+        except LogError as exc:
+            raise QueryError(f"event log unavailable: {exc}", 503) from None
+        return rows
+
+    def outputs(self) -> ProcessorOutputs:
+        """What processor tiles may name now."""
+        tables = {
+            str(table)
+            for manifest in self.registry.manifests().values()
+            for table in (manifest.get("outputs") or {}).get("state_tables") or []
+        }
+        return ProcessorOutputs(streams=self.registry.streams(), state_tables=tables)
+
+
 def board_routes(services: Callable[[], Any]) -> list[Route]:
+    def reads() -> ProcessorReads:
+        s = services()
+        return ProcessorReads(s.processors, s.live)
+
+    def run(dashboard_id: int) -> dict[str, Any]:
+        s = services()
+        return run_dashboard(s.boards, s.insights, dashboard_id, reads())
+
     def guarded(handler: Handler, write_permission: str = "analyze") -> Callable[[Request], Awaitable[Response]]:
         """Reads need `view`; changes need `write_permission`. Errors become JSON with their status."""
 
@@ -80,19 +132,19 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
             return s.boards.dashboards()
         doc = await _body(request)
         name = str(doc.pop("name", ""))
-        return s.boards.save_dashboard(name, doc, who.name)
+        return s.boards.save_dashboard(name, doc, who.name, outputs=reads().outputs())
 
     async def dashboard(request: Request, who: Principal) -> Any:
         s = services()
         dashboard_id = _int(request, "id")
         if request.method == "GET":
-            return await run_in_threadpool(run_dashboard, s.boards, s.insights, dashboard_id)
+            return await run_in_threadpool(run, dashboard_id)
         if request.method == "DELETE":
             s.boards.delete_dashboard(dashboard_id)
             return {"success": True}
         doc = await _body(request)
         name = str(doc.pop("name", ""))
-        return s.boards.save_dashboard(name, doc, who.name, dashboard_id)
+        return s.boards.save_dashboard(name, doc, who.name, dashboard_id, reads().outputs())
 
     async def shares(request: Request, who: Principal) -> Any:
         s = services()
@@ -112,13 +164,14 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
         dashboard_id = s.boards.shared_dashboard(request.path_params["token"])
         if dashboard_id is None:
             return _json({"success": False, "error": "this share link does not exist or was revoked"}, 404)
-        board = await run_in_threadpool(run_dashboard, s.boards, s.insights, dashboard_id)
+        board = await run_in_threadpool(run, dashboard_id)
         for tile in board["tiles"]:
             tile.pop("sql", None)  # viewers of a link see results, not the queries
         return _json(board, headers={"content-security-policy": "frame-ancestors *", "cache-control": "no-store"})
 
     async def shared_live(request: Request) -> Response:
-        """The newest events of one live tile of a shared dashboard (what the tile shows, nothing more)."""
+        """The newest records of one live tile of a shared dashboard (what the tile shows, nothing more):
+        `{"events": [...]}`, events with a few fields, or a stream's records `{"key", "value", "time"}`."""
         s = services()
         dashboard_id = s.boards.shared_dashboard(request.path_params["token"])
         index = request.path_params["tile"]
@@ -128,10 +181,17 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
         if int(index) >= len(tiles) or not tiles[int(index)].get("live"):
             return _json({"success": False, "error": f"tile {index} is not a live tile"}, 404)
         live = tiles[int(index)]["live"]
+        headers = {"cache-control": "no-store"}
+        if live.get("stream"):
+            try:
+                rows = await run_in_threadpool(stream_rows, reads(), live["stream"], live["limit"])
+            except QueryError as exc:
+                return _json({"success": False, "error": str(exc)}, exc.status, headers)
+            return _json({"events": rows}, headers=headers)
         page = await run_in_threadpool(s.live.read, None, live["limit"], live["event"], None, None, False)
         keep = ("received_at", "event", "user_id", "anonymous_id", "properties")
         rows = [{k: row.get(k) for k in keep} for row in page["events"]]
-        return _json({"events": rows}, headers={"cache-control": "no-store"})
+        return _json({"events": rows}, headers=headers)
 
     return [
         Route("/api/shared/{token}/live/{tile}", shared_live, methods=["GET"]),

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -23,6 +25,7 @@ from headwater.insights.engine import parse
 from headwater.insights.spec import Filter
 
 _METADATA = sa.MetaData()
+MAX_STATE_ROWS = 1000  # a state tile's rows (the most one scan of /api/state returns)
 
 
 def _saved(name: str, column: str) -> sa.Table:
@@ -57,20 +60,53 @@ class BoardError(QueryError):
 
 
 class LiveTile(BaseModel):
-    """A real-time widget: the newest events, optionally of one event name."""
+    """A real-time widget: the newest events, optionally of one event name; or, with `stream`, the
+    newest records (key, value, event time) of a processor's output stream (kind `live.stream`)."""
 
     model_config = ConfigDict(extra="forbid")
     title: str = Field("Live events", min_length=1, max_length=100)
     event: str | None = None
+    stream: str | None = Field(None, min_length=1, max_length=200)
     limit: int = Field(20, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _events_or_stream(self) -> LiveTile:
+        if self.event is not None and self.stream is not None:
+            raise ValueError("event filters raw events and a stream has none: give event or stream, not both")
+        return self
+
+
+FIELD_PATH = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+
+
+class StateTile(BaseModel):
+    """The rows of a processor's served state table (`prefix` scan in key order, `limit` rows), as a
+    table or as a bar chart of one number per key: `field` (a dotted path inside the value), by
+    default the value itself when it is a number, else its `value` member (a window result's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field("", max_length=100)  # empty: the table's name
+    table: str = Field(min_length=1, max_length=200)
+    prefix: str = Field("", max_length=200)
+    limit: int = Field(20, ge=1, le=MAX_STATE_ROWS)
+    chart: Literal["bar", "table"] = "bar"
+    field: str | None = Field(None, max_length=200, pattern=FIELD_PATH)
+
+    @model_validator(mode="after")
+    def _default_title(self) -> StateTile:
+        if not self.title:
+            self.title = self.table
+        return self
 
 
 class Tile(BaseModel):
-    """A saved insight (historical) or a live event feed (real-time) on the grid."""
+    """A saved insight (historical), a live feed (events or a processor's stream) or a processor's
+    state table (real-time) on the grid."""
 
     model_config = ConfigDict(extra="forbid")
     insight_id: int | None = None
     live: LiveTile | None = None
+    state: StateTile | None = None
     x: int = Field(0, ge=0, le=11)
     y: int = Field(0, ge=0, le=1000)
     w: int = Field(6, ge=1, le=12)
@@ -78,9 +114,59 @@ class Tile(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Tile:
-        if (self.insight_id is None) == (self.live is None):
-            raise ValueError("a tile has either insight_id or live")
+        if sum(kind is not None for kind in (self.insight_id, self.live, self.state)) != 1:
+            raise ValueError(
+                "a tile has either insight_id or live (events, or a processor's stream) or state "
+                "(a processor's state table), exactly one of them"
+            )
         return self
+
+
+@dataclass(frozen=True)
+class ProcessorOutputs:
+    """What the running processors write, to check the processor tiles of a dashboard against."""
+
+    streams: Collection[str]
+    state_tables: Collection[str]
+
+
+def _processor_refs(tiles: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The streams and state tables that a saved board's tiles show."""
+    refs: set[tuple[str, str]] = set()
+    for tile in tiles:
+        if (tile.get("live") or {}).get("stream"):
+            refs.add(("stream", tile["live"]["stream"]))
+        if tile.get("state"):
+            refs.add(("state", tile["state"]["table"]))
+    return refs
+
+
+def _upgrade(body: dict[str, Any]) -> dict[str, Any]:
+    """A stored body in the current shape (boards saved before stream and state tiles lack their keys)."""
+    for tile in body.get("tiles") or []:
+        tile.setdefault("state", None)
+        if tile.get("live") is not None:
+            tile["live"].setdefault("stream", None)
+    return body
+
+
+def check_processor_tiles(
+    tiles: list[Tile], outputs: ProcessorOutputs, already: Collection[tuple[str, str]] = ()
+) -> None:
+    """A stream tile must name a stream some processor writes, a state tile a state table some processor
+    serves (BoardError 400 naming the field). References in `already` (the saved board's) pass: a board
+    stays editable while one of its processors is stopped."""
+    for index, tile in enumerate(tiles):
+        stream = tile.live.stream if tile.live is not None else None
+        if stream is not None and ("stream", stream) not in already and stream not in outputs.streams:
+            names = ", ".join(sorted(outputs.streams)) or "none yet"
+            raise BoardError(f"tiles.{index}.live.stream: no processor writes the stream {stream!r} (streams: {names})")
+        table = tile.state.table if tile.state is not None else None
+        if table is not None and ("state", table) not in already and table not in outputs.state_tables:
+            names = ", ".join(sorted(outputs.state_tables)) or "none yet"
+            raise BoardError(
+                f"tiles.{index}.state.table: no processor serves the state table {table!r} (state tables: {names})"
+            )
 
 
 class DashboardBody(BaseModel):
@@ -159,8 +245,14 @@ class BoardStore:
 
     # --- dashboards
     def save_dashboard(
-        self, name: str, body: dict[str, Any], user: str, dashboard_id: int | None = None
+        self,
+        name: str,
+        body: dict[str, Any],
+        user: str,
+        dashboard_id: int | None = None,
+        outputs: ProcessorOutputs | None = None,
     ) -> dict[str, Any]:
+        """Validate and store; with `outputs`, stream and state tiles must name what processors write."""
         if not name:
             raise BoardError("name: required")
         try:
@@ -170,6 +262,9 @@ class BoardStore:
         for tile in parsed.tiles:
             if tile.insight_id is not None:
                 self.insight(tile.insight_id)  # must exist
+        if outputs is not None:
+            already = _processor_refs(self.dashboard(dashboard_id)["tiles"]) if dashboard_id is not None else set()
+            check_processor_tiles(parsed.tiles, outputs, already)
         dashboard_id = self._upsert(_DASHBOARDS, "body", name, parsed.model_dump_json(), user, dashboard_id)
         return self.dashboard(dashboard_id)
 
@@ -180,7 +275,8 @@ class BoardStore:
             row = conn.execute(query).first()
         if row is None:
             raise BoardError(f"no dashboard {dashboard_id}", 404)
-        return {"id": row[0], "name": row[1], **orjson.loads(row[2]), "created_by": row[3], "updated_ms": row[4]}
+        body = _upgrade(orjson.loads(row[2]))
+        return {"id": row[0], "name": row[1], **body, "created_by": row[3], "updated_ms": row[4]}
 
     def dashboards(self) -> list[dict[str, Any]]:
         t = _DASHBOARDS

@@ -50,16 +50,17 @@ class Producer(Protocol):
     def append_fenced(
         self,
         records: list[tuple[bytes | None, bytes]],
-        fence: str,
+        fence: str | list[str],
         positions: list[int],
         idempotency_keys: list[tuple[str, str] | None] | None = None,
     ) -> Future[AppendResult]:
         """Append records a deterministic writer (a stream processor) derived from its input.
 
         `positions` grow along the writer's input (one per record); the log keeps the next position
-        per `fence` and drops records below it, so re-running the same input after a crash writes
-        nothing twice. Logs that cannot check this (`deduplicates = False`) append everything and
-        consumers drop repeats by the id each record carries.
+        per `fence` (one for all records, or one per record) and drops records below it, so
+        re-running the same input after a crash writes nothing twice. Logs that cannot check this
+        (`deduplicates = False`) append everything; consumers drop repeats by the id each record
+        carries.
         """
         ...
 
@@ -127,11 +128,14 @@ class TailReader(Protocol):
 
 
 class OutputRecord(NamedTuple):
-    """A record a stream processor writes, with its position along the processor's input."""
+    """A record a stream processor writes: its position along the processor's input partition
+    `partition`, its event time, and (wall-clock timer outputs) an idempotency key."""
 
     key: bytes | None
     value: bytes
+    partition: int
     position: int
+    timestamp: int
     idempotency: tuple[str, str] | None
 
 
@@ -147,11 +151,11 @@ class Checkpointer(Protocol):
 
     def write(
         self,
-        outputs: dict[tuple[str, int], list[OutputRecord]],
+        outputs: dict[str, list[OutputRecord]],
         changes: dict[int, list[tuple[bytes, bytes | None]]],
         offsets: dict[int, int],
     ) -> dict[int, int]:
-        """Make outputs (by stream and input partition), state changes and offsets durable as one
+        """Make outputs (by stream, in the order given), state changes and offsets durable as one
         unit; return the changelog's next offset per input partition written (empty without one)."""
         ...
 

@@ -66,7 +66,7 @@ class KafkaCheckpointer:
 
     def write(
         self,
-        outputs: dict[tuple[str, int], list[OutputRecord]],
+        outputs: dict[str, list[OutputRecord]],
         changes: dict[int, list[tuple[bytes, bytes | None]]],
         offsets: dict[int, int],
     ) -> dict[int, int]:
@@ -85,7 +85,7 @@ class KafkaCheckpointer:
         with self._lock:
             try:
                 producer.begin_transaction()
-                for (stream, _partition), items in outputs.items():
+                for stream, items in outputs.items():
                     topic = self._topic(stream)
                     for item in items:
                         self._produce(topic, item.value, item.key, None, delivered)

@@ -231,7 +231,7 @@ class SqliteReader:
         self._conn.close()
 
 
-_Fence = tuple[str, list[int]] | None
+_Fence = tuple[str | list[str], list[int]] | None
 _Item = tuple[list[tuple[bytes | None, bytes]], list[tuple[str, str] | None] | None, Future[AppendResult], _Fence]
 
 
@@ -291,12 +291,12 @@ class SqliteProducer:
     def append_fenced(
         self,
         records: list[tuple[bytes | None, bytes]],
-        fence: str,
+        fence: str | list[str],
         positions: list[int],
         idempotency_keys: list[tuple[str, str] | None] | None = None,
     ) -> Future[AppendResult]:
-        """Like append(); records whose position is below the fence's mark were written before and
-        are dropped (reported as duplicates), in the same transaction that moves the mark."""
+        """Like append(); records whose position is below their fence's mark were written before
+        and are dropped (reported as duplicates), in the same transaction that moves the marks."""
         future: Future[AppendResult] = Future()
         if self._closed:
             future.set_exception(LogError("the log is closed"))
@@ -442,19 +442,28 @@ class SqliteProducer:
         return results
 
     @staticmethod
-    def _fenced_out(conn: sqlite3.Connection, fence: tuple[str, list[int]]) -> list[int]:
-        """Indexes of records at positions the fence already passed; moves the fence past the rest."""
-        name, positions = fence
-        row = conn.execute("SELECT next_position FROM fences WHERE fence = ?", (name,)).fetchone()
-        if positions:
-            conn.execute(
-                "INSERT INTO fences VALUES (?, ?) ON CONFLICT (fence) DO UPDATE SET next_position = "
-                "max(next_position, excluded.next_position)",
-                (name, max(positions) + 1),
-            )
-        if row is None:
-            return []
-        return [index for index, position in enumerate(positions) if position < row[0]]
+    def _fenced_out(conn: sqlite3.Connection, fence: tuple[str | list[str], list[int]]) -> list[int]:
+        """Indexes of records at positions their fence already passed; moves the fences past the rest."""
+        names, positions = fence
+        per_record = [names] * len(positions) if isinstance(names, str) else names
+        marks: dict[str, int | None] = {}
+        highest: dict[str, int] = {}
+        for name, position in zip(per_record, positions, strict=True):
+            if name not in marks:
+                row = conn.execute("SELECT next_position FROM fences WHERE fence = ?", (name,)).fetchone()
+                marks[name] = row[0] if row else None
+            highest[name] = max(highest.get(name, position), position)
+        conn.executemany(
+            "INSERT INTO fences VALUES (?, ?) ON CONFLICT (fence) DO UPDATE SET next_position = "
+            "max(next_position, excluded.next_position)",
+            [(name, top + 1) for name, top in highest.items()],
+        )
+        out = []
+        for index, (name, position) in enumerate(zip(per_record, positions, strict=True)):
+            mark = marks[name]
+            if mark is not None and position < mark:
+                out.append(index)
+        return out
 
     def enforce_retention(self) -> int:
         """Delete batches every registered group has consumed and that are past retention."""
@@ -622,17 +631,19 @@ class SqliteCheckpointer:
 
     def write(
         self,
-        outputs: dict[tuple[str, int], list[OutputRecord]],
+        outputs: dict[str, list[OutputRecord]],
         changes: dict[int, list[tuple[bytes, bytes | None]]],
         offsets: dict[int, int],
     ) -> dict[int, int]:
+        """One append per stream, records in the order given (event time, across input partitions),
+        each under the fence of its input partition."""
         futures = []
-        for (stream, partition), items in outputs.items():
+        for stream, items in outputs.items():
             keys = [item.idempotency for item in items]
             futures.append(
                 self._producer(stream).append_fenced(
                     [(item.key, item.value) for item in items],
-                    f"{self.name}/{partition}",
+                    [f"{self.name}/{item.partition}" for item in items],
                     [item.position for item in items],
                     keys if any(keys) else None,
                 )

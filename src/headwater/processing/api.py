@@ -1,7 +1,7 @@
 """Declaring a processor: a `Pipeline` reads one stream and chains operators on `Stream`s.
 
 Names follow Kafka Streams and Quix Streams: `filter`, `map`, `flat_map`, `map_key` (Kafka's
-`selectKey`), `branch`, `tumbling_window(...).count().final()`, `join` (an interval join),
+`selectKey`), `repartition`, `branch`, `tumbling_window(...).count().final()`, `join` (an interval join),
 `join_table`, `process` (keyed state and timers), and outputs `to_stream`, `to_table`,
 `to_state`, `to_sink`. A record is (key, value, timestamp): the key is a string or None, the
 value any JSON value, the timestamp its event time in epoch milliseconds.
@@ -9,7 +9,7 @@ value any JSON value, the timestamp its event time in epoch milliseconds.
     p = Pipeline("page-counts")
     (p.source("events")
        .filter(lambda e: e["event"] == "page")
-       .map_key(lambda e: e["properties"]["path"])
+       .repartition(lambda e: e["properties"]["path"])
        .tumbling_window(minutes(1), grace=seconds(10))
        .count()
        .final()
@@ -66,6 +66,8 @@ class Pipeline:
         self.root: Stream | None = None
         self.input = ""
         self.tables: dict[str, ReferenceTable] = {}
+        self.stages: list[Pipeline] = []
+        """Pipelines that read this one's repartition streams (run and tested with it)."""
         self._ids = 0
 
     def source(self, stream: str = "events") -> Stream:
@@ -78,6 +80,10 @@ class Pipeline:
         self.input = stream
         self.root = Stream(self, None)
         return self.root
+
+    def all(self) -> list[Pipeline]:
+        """This pipeline and every stage after a repartition(), in order."""
+        return [self, *(p for stage in self.stages for p in stage.all())]
 
     def table(self, table: ReferenceTable) -> ReferenceTable:
         """Register a reference table (see `processing.joins`) for join_table / lookups."""
@@ -153,9 +159,24 @@ class Stream(Node):
         return self._then(_FlatMap(fn))
 
     def map_key(self, fn: Callable[[Any], Any]) -> Stream:
-        """Re-key each record by fn(value) (Kafka Streams' selectKey). State that follows is kept per
-        new key within the input partition; key events upstream (e.g. by user) to keep it complete."""
+        """Re-key each record by fn(value) (Kafka Streams' selectKey). Records stay in their input
+        partition: follow with repartition() before windows, joins or state by the new key."""
         return self._then(_MapKey(fn))
+
+    def repartition(self, key: Callable[[Any], Any] | None = None) -> Stream:
+        """Send each record (re-keyed by `key` when given) to the partition of its key, through the
+        stream `<processor>--r<n>`, so that what follows sees every record of a key in one place.
+
+        What follows runs as a stage of this processor: a processor of its own named
+        `<processor>--r<n>` (its stream time is the largest event time among records that arrived
+        there from every upstream partition: during a backfill, size the grace period for it)."""
+        stream = self.map_key(key) if key is not None else self
+        self.pipeline._ids += 1
+        name = f"{self.pipeline.name}--r{self.pipeline._ids}"
+        stream.children.append(Output("streams", name))
+        stage = Pipeline(name, description=f"stage of {self.pipeline.name}", on_error=self.pipeline.on_error)
+        self.pipeline.stages.append(stage)
+        return stage.source(name)
 
     def with_timestamp(self, fn: Callable[[Any], int]) -> Stream:
         """Take event time from the value (epoch ms) instead of the input record's."""

@@ -277,16 +277,20 @@ class ProcessorRunner:
         partitions) drops the tasks: they restart from what was committed."""
         started = time.perf_counter()
         self._last_checkpoint = time.monotonic()
-        outputs: dict[tuple[str, int], list[OutputRecord]] = {}
+        outputs: dict[str, list[OutputRecord]] = {}
         changes: dict[int, list[tuple[bytes, bytes | None]]] = {}
         offsets: dict[int, int] = {}
         for partition, task in self.tasks.items():
             for stream, items in task.take_outputs().items():
-                outputs[(stream, partition)] = [OutputRecord(i.key, i.value, i.position, i.idempotency) for i in items]
+                outputs.setdefault(stream, []).extend(items)
             checkpoint = (task.next_offset, task.stream_time) if task.next_offset != NO_OFFSET else None
             changes[partition] = self.state.collect(task.stores(), task.served(), checkpoint)
             if checkpoint is not None and checkpoint[0] >= 0:  # negative: still replaying rows from the lake
                 offsets[partition] = checkpoint[0]
+        for items in outputs.values():
+            # in event-time order across input partitions: a stage reading this stream (after a
+            # repartition) then sees time move forward as smoothly as its inputs allow
+            items.sort(key=lambda item: item.timestamp)
         try:
             ends = self.checkpointer.write(outputs, changes if self.checkpointer.changelog else {}, offsets)
         except LogError as exc:

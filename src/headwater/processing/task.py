@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from headwater.core.errors import ProcessingError
+from headwater.log.base import OutputRecord
 from headwater.processing.api import Output, Pipeline
 from headwater.processing.nodes import Node, Push
 from headwater.processing.state import NO_OFFSET, NO_TIME, KeyValue, ServedTable, StateStore
@@ -28,14 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 WALL_CLOCK_BASE = 1 << 19  # positions of wall-clock timer outputs within an offset's range
-
-
-@dataclass(slots=True)
-class PendingOutput:
-    key: bytes | None
-    value: bytes
-    position: int
-    idempotency: tuple[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +74,7 @@ class Task:
         self._memo: dict[int, Any] = {}
         self._listeners: list[Callable[[int], None]] = []
         self._wall_listeners: list[Callable[[int], None]] = []
-        self.outputs: dict[str, list[PendingOutput]] = {}
+        self.outputs: dict[str, list[OutputRecord]] = {}
         self.checkpoint = state.checkpoint_of(partition)
         self.next_offset = self.checkpoint[0] if self.checkpoint else NO_OFFSET
         self.stream_time = self.checkpoint[1] if self.checkpoint else NO_TIME
@@ -132,7 +125,7 @@ class Task:
 
         return emit
 
-    def _pending(self, key: str | None, value: Any, ts: int) -> PendingOutput:
+    def _pending(self, key: str | None, value: Any, ts: int) -> OutputRecord:
         if self._wall_key is None:
             position = (self.offset << 20) + self._seq
             idem = None
@@ -143,7 +136,8 @@ class Task:
         self.records_out += 1
         output_id = f"{self.pipeline.name}/{self.run_id}/{self.partition}/{position}"
         envelope = {"k": key, "v": value, "t": ts, "id": output_id}
-        return PendingOutput(None if key is None else key.encode(), _json(envelope), position, idem)
+        encoded = None if key is None else key.encode()
+        return OutputRecord(encoded, _json(envelope), self.partition, position, ts, idem)
 
     def side_output(self, kind: str, key: str | None, value: Any, ts: int, reason: str) -> None:
         """Late records and dead letters: to `<processor>.late` / `<processor>.errors`."""
@@ -200,7 +194,7 @@ class Task:
     def served(self) -> list[ServedTable]:
         return list(self._served.values())
 
-    def take_outputs(self) -> dict[str, list[PendingOutput]]:
+    def take_outputs(self) -> dict[str, list[OutputRecord]]:
         taken = {name: list(items) for name, items in self.outputs.items() if items}
         for items in self.outputs.values():
             items.clear()

@@ -53,7 +53,7 @@ def load_pipelines(spec: str) -> list[Pipeline]:
     pipelines = found if isinstance(found, list | tuple) else [found]
     if not pipelines or not all(isinstance(p, Pipeline) for p in pipelines):
         raise ProcessingError(f"processor {spec!r}: {attr} is not a Pipeline (or a list of them)")
-    return list(pipelines)
+    return [stage for pipeline in pipelines for stage in pipeline.all()]
 
 
 def table_streams(pipeline: Pipeline) -> dict[str, str]:

@@ -1,5 +1,6 @@
 // Headwater web app: a small single-page app over the JSON API (no build step).
 import { processorsPage, streamLive } from "./processors.js";
+import { processorTilePicker, stateTile, streamTile } from "./tiles.js";
 
 const view = document.getElementById("view");
 let me = null;
@@ -38,6 +39,9 @@ function chart(el, option) {
   if (el.isConnected) draw();
   else requestAnimationFrame(draw);
 }
+
+// helpers for page modules (their timers stop when the page changes)
+const ui = { h, api, table, chart, every: (fn, ms) => timers.push(setInterval(fn, ms)) };
 
 // ---------- rendering of insight results (shared by builder, dashboards and share pages)
 function renderResult(container, kind, result) {
@@ -228,7 +232,7 @@ function insights() {
 }
 
 // a dashboard as the API accepts it back (GET adds results and names)
-const boardTiles = (board) => board.tiles.map(({ insight_id, live, x, y, w, h }) => (live ? { live, x, y, w, h } : { insight_id, x, y, w, h }));
+const boardTiles = (board) => board.tiles.map(({ insight_id, live, state, x, y, w, h }) => (live ? { live, x, y, w, h } : state ? { state, x, y, w, h } : { insight_id, x, y, w, h }));
 const saveBoard = (board, changes) => api("/api/dashboards/" + board.id, { method: "PUT",
   body: { name: board.name, tiles: boardTiles(board), last_days: board.last_days, filters: board.filters, refresh_seconds: board.refresh_seconds, ...changes } });
 
@@ -281,7 +285,7 @@ function renderBoard(board, shared, token) {
   const grid = h("div", { class: "grid" });
   board.tiles.forEach((tile, index) => {
     const body = h("div");
-    grid.append(h("div", { class: "card tile", style: `grid-column: span ${tile.w}` }, h("h2", {}, tile.name), tile.error ? h("div", { class: "error" }, tile.error) : body));
+    grid.append(h("div", { class: "card tile", "data-kind": tile.kind, style: `grid-column: span ${tile.w}` }, h("h2", {}, tile.name), tile.error ? h("div", { class: "error" }, tile.error) : body));
     if (tile.kind === "live") {
       const feed = h("tbody");
       body.append(h("table", { class: "live-tile" }, h("thead", {}, h("tr", {}, ["received", "event", "user"].map((c) => h("th", {}, c)))), feed));
@@ -292,7 +296,11 @@ function renderBoard(board, shared, token) {
       };
       poll().catch(() => {});
       timers.push(setInterval(() => poll().catch(() => {}), 2000));
-    } else if (!tile.error) renderResult(body, tile.kind, tile.result);
+    } else if (tile.error) {
+      // the error is shown instead of the body
+    } else if (tile.kind === "state") stateTile(ui, body, tile);
+    else if (tile.kind === "live.stream") streamTile(ui, body, tile, index, shared, token);
+    else renderResult(body, tile.kind, tile.result);
   });
   return h("div", {}, h("h2", {}, board.name, h("span", { class: "muted" }, board.last_days ? `  · last ${board.last_days} days` : "", shared ? "  · shared view" : "")), grid);
 }
@@ -324,6 +332,12 @@ async function dashboard(id) {
       await draw();
     } catch (err) { error.textContent = err.message; }
   };
+  const editable = me.permissions.includes("analyze");
+  const picker = editable ? processorTilePicker(ui, async (tile) => { await saveBoard(board, { tiles: [...boardTiles(board), tile] }); await draw(); }) : null;
+  const addProcessorTile = async () => {
+    error.textContent = "";
+    try { await picker.add(); } catch (err) { error.textContent = err.message; }
+  };
   const listShares = async () => {
     const shares = await api(`/api/dashboards/${id}/shares`);
     return shares.map((sh) => h("div", {}, `link ${sh.prefix}… by ${sh.created_by} `,
@@ -333,12 +347,13 @@ async function dashboard(id) {
     const link = await api(`/api/dashboards/${id}/shares`, { method: "POST" });
     links.replaceChildren("Share link: ", h("a", { id: "share-link", href: link.url }, location.origin + link.url), ...(await listShares()));
   };
-  if (me.permissions.includes("analyze")) listShares().then((rows) => links.replaceChildren(...rows)).catch(() => {});
-  const editable = me.permissions.includes("analyze");
+  if (editable) listShares().then((rows) => links.replaceChildren(...rows)).catch(() => {});
   view.replaceChildren(h("div", { class: "card" },
     editable ? h("div", {}, h("label", {}, "Last days (shared range)", days), h("label", {}, "Shared filters", filters), h("button", { class: "ghost", onclick: apply }, "Apply"), " ",
       h("label", {}, "Live widget event", liveEvent), h("button", { id: "add-live", class: "ghost", onclick: addLive }, "Add live widget"), " ",
-      h("button", { id: "share", onclick: share }, "Create share link")) : "", links, error), area);
+      h("button", { id: "share", onclick: share }, "Create share link")) : "",
+    editable ? h("div", { class: "processor-tile-picker" }, ...picker.fields, h("button", { id: "add-processor-tile", class: "ghost", onclick: addProcessorTile }, "Add processor tile")) : "",
+    links, error), area);
   await draw();
 }
 
@@ -385,10 +400,13 @@ async function keys() {
 
 async function sharePage(token) {
   document.getElementById("top").style.display = "none";
+  timers.forEach(clearInterval);
+  timers = [];
   const response = await fetch("/api/shared/" + token);
   const board = await response.json();
   if (!response.ok) { view.replaceChildren(h("div", { class: "card error" }, board.error)); return; }
   view.replaceChildren(renderBoard(board, true, token));
+  if (board.refresh_seconds) timers.push(setTimeout(() => sharePage(token).catch(() => {}), board.refresh_seconds * 1000));
 }
 
 // ---------- routing
