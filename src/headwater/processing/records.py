@@ -42,10 +42,10 @@ class EventDecoder:
         self._received: dict[int, tuple[datetime, str]] = {}
 
     def _time(self, value: Any, field: str) -> datetime:
-        key = value if isinstance(value, str) else (type(value), value)
+        key = value if type(value) is str else (type(value), value)
         parsed = self._times.get(key)
         if parsed is None:
-            if len(self._times) > 200_000:
+            if len(self._times) > 50_000:
                 self._times.clear()
             parsed = self._times[key] = parse_time(value, field)
         return parsed
@@ -125,16 +125,18 @@ class EventDecoder:
         batch_context = meta.get("ctx")
         if batch_context:
             context = {**batch_context, **(context or {})}
-        extra = {k: v for k, v in obj.items() if k not in SEGMENT_MAPPED}
-        if extra:
-            context = {**(context or {}), **extra}
+        if obj.keys() - SEGMENT_MAPPED:  # a set difference in C: usually empty
+            context = {**(context or {}), **{k: v for k, v in obj.items() if k not in SEGMENT_MAPPED}}
         event = obj.get("event") if etype == "track" else obj.get("name")
+        user_id, anonymous_id, message_id = obj.get("userId"), obj.get("anonymousId"), obj.get("messageId")
         value = {
-            "event_id": message_id_of(obj) or event_id_for(self.log_id, partition, offset),
+            "event_id": message_id
+            if type(message_id) is str and message_id
+            else (message_id_of(obj) or event_id_for(self.log_id, partition, offset)),
             "type": etype,
             "event": event if isinstance(event, str) else None,
-            "user_id": _ident(obj, "userId"),
-            "anonymous_id": _ident(obj, "anonymousId"),
+            "user_id": user_id if type(user_id) is str and user_id else _ident(obj, "userId"),
+            "anonymous_id": anonymous_id if type(anonymous_id) is str and anonymous_id else _ident(obj, "anonymousId"),
             "timestamp": received_iso if ts is received else ts.isoformat(),
             "received_at": received_iso,
             "source": meta["src"],
