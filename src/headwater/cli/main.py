@@ -239,7 +239,7 @@ def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="One SELECT statement over `events` and `quarantine`.")],
+    sql: Annotated[str, typer.Argument(help="One SELECT over `events`, `quarantine` and the tables processors write.")],
     output: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     max_rows: Annotated[int | None, typer.Option(help="Row cap (default: query_max_rows).")] = None,
     config: ConfigOpt = None,

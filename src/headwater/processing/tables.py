@@ -33,6 +33,14 @@ from headwater.processing.records import decode_outputs
 
 log = logging.getLogger(__name__)
 FIXED = ("key", "event_time", "output_id")
+SIDE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")), ("output_id", pa.string()),
+        ("processor", pa.string()), ("value", pa.string()), ("reason", pa.string()),
+        ("partition", pa.int64()), ("offset", pa.int64()),
+    ]
+)  # fmt: skip
+"""Columns of `processor_late` and `processor_errors` (created empty, so they can be queried at once)."""
 
 
 def _cell(value: Any) -> Any:
@@ -75,7 +83,9 @@ def rows_to_arrow(records: list[tuple[str | None, Any, int, str]]) -> pa.Table:
 class StreamTableWriter:
     """Consumes `stream` and appends to the lake table `table_name`."""
 
-    def __init__(self, catalog: Catalog, event_log: EventLog, stream: str, table_name: str) -> None:
+    def __init__(
+        self, catalog: Catalog, event_log: EventLog, stream: str, table_name: str, schema: pa.Schema | None = None
+    ) -> None:
         self.catalog, self.stream, self.table_name = catalog, stream, table_name
         self.offsets_key = f"{OFFSETS_PROPERTY}.stream.{stream}"
         self.log = event_log.stream(stream)
@@ -84,6 +94,8 @@ class StreamTableWriter:
         self.rows = 0
         self.generation = -1
         self._resume()
+        if self.table is None and schema is not None:
+            self.table = self._create(schema)
 
     def _load(self) -> Table | None:
         try:
