@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test test-fast test-cluster test-engines lint format bench clean browser screenshots
+.PHONY: install up test test-fast test-processing test-cluster test-engines lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -47,7 +47,10 @@ test: lint browser services  ## the whole suite (what CI runs)
 	$(VENV)/bin/pytest
 
 test-fast: install  ## embedded deployment only: no Kafka, PostgreSQL, S3, Spark, Trino or crash loops
-	$(VENV)/bin/pytest -m "not cluster and not spark and not trino and not slow"
+	$(VENV)/bin/pytest -m "not cluster and not kafka and not services and not spark and not trino and not slow"
+
+test-processing: install services  ## stream processors: semantics, exactly-once, sinks, examples (Kafka included)
+	$(VENV)/bin/pytest tests/processing tests/examples
 
 test-cluster: install services  ## every suite on Kafka + PostgreSQL + S3 (started by the tests)
 	$(VENV)/bin/pytest -m cluster

@@ -10,10 +10,13 @@ they exist by name:
 - the dashboard "Contact centre: live and history": a live tile (left) beside that trend (right),
   sharing the last `--days` days and refreshing every 10 s.
 
-The live tile should show the processor's windowed counts (the state table `joulica_calls_now`,
-or the stream `joulica-calls-now` that `calls.py` writes). The script offers the server those
-tile shapes first and falls back to what the boards API accepts: a live feed of `call_handled`
-events. It prints which one it got.
+The live tile shows the processor's windowed counts: a state tile over the state table
+`joulica_calls_now` that `calls.py` serves, a bar per queue of its current minute's `calls`.
+The server accepts it once the processor runs (it checks that some processor serves the table), so
+the script first waits up to `--wait` seconds for the processor to be listed in `/api/processors`.
+If the server refuses that tile (400), it tries a live tile over the stream `joulica-calls-now`,
+then a live feed of `call_handled` events (what servers without processor tiles take). It prints
+which one it got (`"live_tile"`: `state`, `stream` or `events`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,8 +34,9 @@ import httpx
 INSIGHT = "Calls handled per queue (history)"
 DASHBOARD = "Contact centre: live and history"
 LIVE_TITLE = "Calls handled this minute, per queue (live)"
+STATE_TABLE = "joulica_calls_now"
 LIVE_TILES: dict[str, dict[str, Any]] = {  # tried in this order; the last is what every version of the boards API takes
-    "state": {"state": {"title": LIVE_TITLE, "table": "joulica_calls_now", "limit": 50}},
+    "state": {"state": {"title": LIVE_TITLE, "table": STATE_TABLE, "limit": 50, "chart": "bar", "field": "calls"}},
     "stream": {"live": {"title": LIVE_TITLE, "stream": "joulica-calls-now", "limit": 50}},
     "events": {"live": {"title": "Calls handled (live feed of call_handled events)", "event": "call_handled"}},
 }
@@ -60,10 +65,28 @@ def _find(items: list[dict[str, Any]], name: str) -> int | None:
     return next((int(item["id"]) for item in items if item.get("name") == name), None)
 
 
-def create(url: str, key: str, days: int = 7) -> dict[str, Any]:
+def wait_for_processor(client: httpx.Client, wait_s: float) -> bool:
+    """Whether a processor serving the state table is listed, polling up to `wait_s` seconds (a server
+    without `/api/processors` answers at once: no)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        response = client.get("/api/processors")
+        if response.status_code == 404:
+            return False
+        if response.status_code == 200:
+            for processor in response.json().get("processors") or []:
+                if STATE_TABLE in (processor.get("outputs") or {}).get("state_tables") or []:
+                    return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def create(url: str, key: str, days: int = 7, wait_s: float = 30) -> dict[str, Any]:
     """Create or update the insight and the dashboard; returns their ids, the live tile kind and the page."""
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
+        wait_for_processor(client, wait_s)
         body = {"name": INSIGHT, "query": trend(days)}
         insight_id = _find(_call(client, "GET", "/api/saved-insights"), INSIGHT)
         if insight_id is None:
@@ -100,18 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="Headwater's base URL")
     parser.add_argument("--key", default=os.environ.get("HEADWATER_KEY"), help="a read or admin key")
     parser.add_argument("--days", type=int, default=7, help="range of the historical trend")
+    parser.add_argument("--wait", type=float, default=30, help="seconds to wait for the processor to be listed")
     args = parser.parse_args(argv)
     if not args.key:
         parser.error("--key is required (headwater keys create analyst --role read)")
     try:
-        made = create(args.url, args.key, args.days)
+        made = create(args.url, args.key, args.days, args.wait)
     except BoardsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if made["live_tile"] == "events":
+    if made["live_tile"] != "state":
         print(
-            "note: this server's dashboards cannot show a processor's state table or stream yet; the live "
-            "tile shows call_handled events instead (per-minute counts: GET /api/state/joulica_calls_now/<queue>)",
+            f"note: the server refused the state tile ({'; '.join(made['refused'])}); the live tile shows "
+            f"{'the stream joulica-calls-now' if made['live_tile'] == 'stream' else 'call_handled events'} instead "
+            "(per-minute counts: GET /api/state/joulica_calls_now/<queue>)",
             file=sys.stderr,
         )
     print(json.dumps(made))

@@ -302,6 +302,7 @@ def redis_client(redis_server: RedisServer) -> Iterator[Any]:
     client.close()
 
 
+@pytest.mark.services
 def test_redis_set_latest_value_replay_and_stale(
     stream: SqliteLog, redis_server: RedisServer, redis_client: Any, runners: Any
 ) -> None:
@@ -322,6 +323,7 @@ def test_redis_set_latest_value_replay_and_stale(
     assert dead == [] and redis_client.ttl(f"{prefix}:a") == -1
 
 
+@pytest.mark.services
 def test_redis_hash_mode(stream: SqliteLog, redis_server: RedisServer, redis_client: Any, runners: Any) -> None:
     prefix = uuid.uuid4().hex
     records = [
@@ -342,6 +344,7 @@ def test_redis_hash_mode(stream: SqliteLog, redis_server: RedisServer, redis_cli
     assert all("PermanentSinkError" in reason for _, reason, _ in dead)
 
 
+@pytest.mark.services
 def test_redis_down_then_up(tmp_path: Path, stream: SqliteLog, runners: Any) -> None:
     server = RedisServer(tmp_path / "redis")
     server.start()
@@ -373,6 +376,7 @@ def at(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
+@pytest.mark.services
 def test_postgres_upsert_replay_and_stale(stream: SqliteLog, postgres_server: PostgresServer, runners: Any) -> None:
     dsn, table = postgres_server.dsn(), f"sink_{uuid.uuid4().hex[:8]}"
     append(stream, [output("a", {"n": 1}, 100, "o1"), output("b", [1, 2], 100, "o2"), output("a", {"n": 2}, 200, "o3")])
@@ -390,6 +394,7 @@ def test_postgres_upsert_replay_and_stale(stream: SqliteLog, postgres_server: Po
     assert _rows(dsn, query) == [expected[0], ("b", None, at(300), "o5")] and dead == []
 
 
+@pytest.mark.services
 def test_postgres_mapped_columns(stream: SqliteLog, postgres_server: PostgresServer, runners: Any) -> None:
     dsn, table = postgres_server.dsn(), f"public.sink_{uuid.uuid4().hex[:8]}"
     columns = {"user_id": "text", "amount": "numeric(10,2)", "tags": "jsonb", "seen": "timestamptz"}
