@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         "naming a Pipeline (or a list of them).",
     )
     processor_checkpoint_ms: int = Field(
-        200, ge=10, description="How often a processor writes its outputs, state and input offsets."
+        50, ge=10, description="How often a processor writes its outputs, state and input offsets (latency bound)."
     )
     processor_max_batch: int = Field(5_000, ge=1, description="Most input records a processor reads at once.")
 

@@ -116,7 +116,7 @@ class ProcessorRunner:
         event_log: EventLog,
         state_dir: Path,
         *,
-        checkpoint_interval_ms: int = 200,
+        checkpoint_interval_ms: int = 50,
         max_batch: int = 5000,
         new_run: bool = False,
         start: str = "earliest",
