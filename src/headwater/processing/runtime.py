@@ -139,7 +139,7 @@ class ProcessorRunner:
             self.run_id = str(previous["run"])
         self.input_log = event_log if pipeline.input in EVENT_STREAMS else event_log.stream(pipeline.input)
         self._decoder = EventDecoder(self.input_log.log_id)
-        self._decode = self._events if pipeline.input in EVENT_STREAMS else decode_outputs
+        self._decode = self._events if pipeline.input in EVENT_STREAMS else self._any
         self.state = StateStore(self.manifest.state_path(self.run_id))
         lake, where = split_lake(start)
         self.lake_plan: dict[str, Any] | None = previous.get("lake") if previous and not new_run else None
@@ -183,6 +183,12 @@ class ProcessorRunner:
 
     def _events(self, records: list[Record]) -> Iterator[Decoded]:
         return self._decoder.decode(records)
+
+    def _any(self, records: list[Record]) -> Iterator[Decoded]:
+        """Another stream: processor outputs, or collector envelopes (a stream a source feeds)."""
+        if records and records[0].value.startswith(b'{"m":'):
+            return self._decoder.decode(records)
+        return decode_outputs(records)
 
     # -- partitions -------------------------------------------------------------------------------
     def _sync_assignment(self) -> None:
