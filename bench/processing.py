@@ -554,7 +554,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s sent over HTTP for latency")
     parser.add_argument("--batch", type=int, default=10, help="events per HTTP request for latency")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="measured seconds per latency run")
-    parser.add_argument("--checkpoints", default="200,20", help="checkpoint intervals (ms) for the latency runs")
+    parser.add_argument("--checkpoints", default="50,20", help="checkpoint intervals (ms) for the latency runs")
     parser.add_argument("--lookup-checkpoint-ms", type=int, default=20, help="which latency run also measures lookups")
     parser.add_argument("--lookups", type=int, default=2000)
     parser.add_argument("--profile", help="pipeline to profile (default: the furthest below its floor)")
