@@ -75,7 +75,8 @@ def wait_for_processor(client: httpx.Client, wait_s: float) -> bool:
             return False
         if response.status_code == 200:
             for processor in response.json().get("processors") or []:
-                if STATE_TABLE in (processor.get("outputs") or {}).get("state_tables") or []:
+                tables = (processor.get("outputs") or {}).get("state_tables") or []
+                if STATE_TABLE in tables:
                     return True
         if time.monotonic() >= deadline:
             return False
