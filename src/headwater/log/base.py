@@ -50,14 +50,15 @@ class Producer(Protocol):
     def append_fenced(
         self,
         records: list[tuple[bytes | None, bytes]],
-        fence: str | list[str],
+        fence: str | list[str | None],
         positions: list[int],
         idempotency_keys: list[tuple[str, str] | None] | None = None,
     ) -> Future[AppendResult]:
         """Append records a deterministic writer (a stream processor) derived from its input.
 
         `positions` grow along the writer's input (one per record); the log keeps the next position
-        per `fence` (one for all records, or one per record) and drops records below it, so
+        per `fence` (one for all records, or one per record; None: not fenced, e.g. a record that
+        carries an idempotency key instead) and drops records below it, so
         re-running the same input after a crash writes nothing twice. Logs that cannot check this
         (`deduplicates = False`) append everything; consumers drop repeats by the id each record
         carries.

@@ -274,7 +274,7 @@ class KafkaProducer:
     def append_fenced(
         self,
         records: list[tuple[bytes | None, bytes]],
-        fence: str | list[str],
+        fence: str | list[str | None],
         positions: list[int],
         idempotency_keys: list[tuple[str, str] | None] | None = None,
     ) -> Future[AppendResult]:

@@ -231,7 +231,7 @@ class SqliteReader:
         self._conn.close()
 
 
-_Fence = tuple[str | list[str], list[int]] | None
+_Fence = tuple[str | list[str | None], list[int]] | None
 _Item = tuple[list[tuple[bytes | None, bytes]], list[tuple[str, str] | None] | None, Future[AppendResult], _Fence]
 
 
@@ -291,7 +291,7 @@ class SqliteProducer:
     def append_fenced(
         self,
         records: list[tuple[bytes | None, bytes]],
-        fence: str | list[str],
+        fence: str | list[str | None],
         positions: list[int],
         idempotency_keys: list[tuple[str, str] | None] | None = None,
     ) -> Future[AppendResult]:
@@ -442,13 +442,15 @@ class SqliteProducer:
         return results
 
     @staticmethod
-    def _fenced_out(conn: sqlite3.Connection, fence: tuple[str | list[str], list[int]]) -> list[int]:
+    def _fenced_out(conn: sqlite3.Connection, fence: tuple[str | list[str | None], list[int]]) -> list[int]:
         """Indexes of records at positions their fence already passed; moves the fences past the rest."""
         names, positions = fence
-        per_record = [names] * len(positions) if isinstance(names, str) else names
+        per_record: list[str | None] = [names] * len(positions) if isinstance(names, str) else names
         marks: dict[str, int | None] = {}
         highest: dict[str, int] = {}
         for name, position in zip(per_record, positions, strict=True):
+            if name is None:
+                continue
             if name not in marks:
                 row = conn.execute("SELECT next_position FROM fences WHERE fence = ?", (name,)).fetchone()
                 marks[name] = row[0] if row else None
@@ -460,6 +462,8 @@ class SqliteProducer:
         )
         out = []
         for index, (name, position) in enumerate(zip(per_record, positions, strict=True)):
+            if name is None:
+                continue
             mark = marks[name]
             if mark is not None and position < mark:
                 out.append(index)
@@ -643,7 +647,8 @@ class SqliteCheckpointer:
             futures.append(
                 self._producer(stream).append_fenced(
                     [(item.key, item.value) for item in items],
-                    [f"{self.name}/{item.partition}" for item in items],
+                    # wall-clock timer outputs are kept once by their idempotency key, not the fence
+                    [None if item.idempotency else f"{self.name}/{item.partition}" for item in items],
                     [item.position for item in items],
                     keys if any(keys) else None,
                 )

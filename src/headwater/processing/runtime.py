@@ -150,17 +150,21 @@ class ProcessorRunner:
 
             self.lake_plan = plan(settings, event_log, where if isinstance(where, int) else None)
         self._settings = settings
+        self.min_event_time = where if isinstance(where, int) else None
+        same_run = previous is not None and previous.get("run") == self.run_id
+        if same_run and previous and self.min_event_time is None:
+            self.min_event_time = previous.get("min_event_time")  # a restart keeps the run's --from time
         self.manifest.write(
             {
-                "lake": self.lake_plan,
+                "lake": self.lake_plan, "min_event_time": self.min_event_time,
                 "processor": pipeline.name, "description": pipeline.description, "run": self.run_id,
                 "input": pipeline.input, "partitions": self.input_log.partitions, "outputs": pipeline.outputs(),
-                "started_at": int(time.time() * 1000), "previous_run": previous["run"] if previous else None,
+                "started_at": int(time.time() * 1000),
+                "previous_run": (previous.get("previous_run") if same_run else previous["run"]) if previous else None,
             }
         )  # fmt: skip
         self.consumer: Consumer = self.input_log.consumer(group_name(pipeline.name, self.run_id))
         self.checkpointer = event_log.checkpointer(f"{pipeline.name}.{self.run_id}", self.consumer)
-        self.min_event_time = where if isinstance(where, int) else None
         self.start_from: dict[int, int] = where if isinstance(where, dict) else {}
         if where == "latest":
             admin = self.input_log.admin()
@@ -212,6 +216,8 @@ class ProcessorRunner:
                 resume = task.checkpoint[0]
             if resume is None:
                 resume = self.start_from.get(partition)
+                if resume is not None:
+                    task.next_offset = resume  # the first checkpoint keeps where this run started
             if resume is not None:
                 self.consumer.seek(partition, resume)
         self.generation = self.consumer.generation
@@ -252,7 +258,10 @@ class ProcessorRunner:
             self._sync_assignment()
         records = self.consumer.poll(self.max_batch, timeout_s)
         if self.consumer.generation != self.generation:
-            self._sync_assignment()  # the batch may straddle a rebalance: re-read from checkpoints
+            # the batch may straddle a rebalance: drop it, and every task, and read again from what
+            # was committed (a partition kept through the rebalance too: its position moved past it)
+            self.tasks.clear()
+            self._sync_assignment()
             return 0
         by_partition: dict[int, list[Record]] = {}
         for record in records:

@@ -75,7 +75,8 @@ class ProcessorWorker:
             raise ProcessingError(f"two processors share a name: {sorted(names)}")
         self.runners = []
         for p in pipelines:
-            start = self._pending_replay(p)
+            request = settings.processors_dir / p.name / "replay.json"
+            start = self._read_request(request)
             self.runners.append(
                 ProcessorRunner(
                     p, event_log, settings.processors_dir, new_run=start is not None, start=start or "earliest",
@@ -83,16 +84,21 @@ class ProcessorWorker:
                     checkpoint_interval_ms=settings.processor_checkpoint_ms, max_batch=settings.processor_max_batch,
                 )
             )  # fmt: skip
+            request.unlink(missing_ok=True)  # only once the new run's manifest is written
         self._threads: list[threading.Thread] = []
         self.failures: list[str] = []
 
-    def _pending_replay(self, pipeline: Pipeline) -> str | None:
-        path = self.settings.processors_dir / pipeline.name / "replay.json"
-        if not path.exists():
+    @staticmethod
+    def _read_request(path: Path) -> str | None:
+        """The `--from` of a replay request (`headwater process --replay`), or None."""
+        try:
+            return str(orjson.loads(path.read_bytes())["from"])
+        except FileNotFoundError:
             return None
-        start = str(orjson.loads(path.read_bytes())["from"])
-        path.unlink()
-        return start
+        except (ValueError, KeyError, TypeError):
+            log.error("ignoring a malformed replay request %s", path)
+            path.unlink(missing_ok=True)
+            return None
 
     def _table_writers(self, stop: threading.Event) -> None:
         from headwater.lake.tables import open_catalog
@@ -167,16 +173,6 @@ class ProcessorWorker:
         self._runner_threads[index] = self._threads[-1]
         return runner_stop
 
-    def _replay_requested(self, index: int) -> str | None:
-        path = self.runners[index].manifest.folder / "replay.json"
-        if not path.exists():
-            return None
-        try:
-            start = str(orjson.loads(path.read_bytes())["from"])
-        finally:
-            path.unlink(missing_ok=True)
-        return start
-
     def run(self, stop: threading.Event) -> None:
         """Run until `stop`; a `replay.json` in a processor's folder restarts it as a new run."""
         self._table_writers(stop)
@@ -185,7 +181,8 @@ class ProcessorWorker:
         stops = {i: self._start_runner(i, stop) for i in range(len(self.runners))}
         while not stop.wait(1.0):
             for index, runner in enumerate(self.runners):
-                start = self._replay_requested(index)
+                request = runner.manifest.folder / "replay.json"
+                start = self._read_request(request)
                 if start is None:
                     continue
                 log.info("processor %s: replay from %s into a new run", runner.pipeline.name, start)
@@ -197,6 +194,7 @@ class ProcessorWorker:
                     checkpoint_interval_ms=self.settings.processor_checkpoint_ms,
                     max_batch=self.settings.processor_max_batch,
                 )  # fmt: skip
+                request.unlink(missing_ok=True)  # only once the new run's manifest is written
                 stops[index] = self._start_runner(index, stop)
         for event in stops.values():
             event.set()
