@@ -164,6 +164,10 @@ class Checkpointer(Protocol):
         """Batches of changelog records of `partition` from offset `start`, each with the next offset."""
         ...
 
+    def changelog_end(self, partition: int) -> int:
+        """Next offset of the changelog partition (0 without a changelog)."""
+        ...
+
     def committed(self) -> dict[int, int]:
         """Input offsets committed with the outputs (only when `offsets_in_log`)."""
         ...

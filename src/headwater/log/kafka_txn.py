@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _Producer
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from headwater.core.errors import LogError
 from headwater.log.base import OutputRecord
@@ -156,6 +157,12 @@ class KafkaCheckpointer:
                     _, end = reader.get_watermark_offsets(tp, timeout=_TIMEOUT_S, cached=False)
         finally:
             reader.close()
+
+    def changelog_end(self, partition: int) -> int:
+        admin = AdminClient({**self._log.conf, "client.id": "headwater-admin"})
+        tp = TopicPartition(self.changelog_topic, partition)
+        futures = admin.list_offsets({tp: OffsetSpec.latest()}, request_timeout=_TIMEOUT_S)
+        return int(next(iter(futures.values())).result(_TIMEOUT_S).offset)
 
     def committed(self) -> dict[int, int]:
         return self._consumer.committed()

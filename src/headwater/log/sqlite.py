@@ -660,6 +660,9 @@ class SqliteCheckpointer:
     def restore(self, partition: int, start: int) -> Iterator[tuple[int, list[tuple[bytes, bytes | None]]]]:
         return iter(())
 
+    def changelog_end(self, partition: int) -> int:
+        return 0
+
     def committed(self) -> dict[int, int]:
         return {}
 

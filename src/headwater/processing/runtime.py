@@ -245,6 +245,11 @@ class ProcessorRunner:
     def _restore(self, partition: int) -> None:
         """Bring this worker's state file up to the changelog (partitions move between workers)."""
         start = self.state.changelog_offset(partition)
+        if start > 0 and self.checkpointer.changelog_end(partition) > start:
+            # another worker wrote it since: compaction may have dropped deletes we never saw, so
+            # rebuild the partition from the whole (compacted) changelog instead of catching up
+            self.state.forget(partition)
+            start = 0
         restored = 0
         for end, records in self.checkpointer.restore(partition, start):
             restored += self.state.apply({partition: records}, {partition: end})

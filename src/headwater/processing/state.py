@@ -267,6 +267,20 @@ class StateStore:
                 (partition, offset, stream_time, now, now),
             )
 
+    def forget(self, partition: int) -> None:
+        """Drop a partition's state, served rows and checkpoint (before a full restore)."""
+        if self._conn is None:
+            return
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("kv", "served", "checkpoints"):
+                conn.execute(f"DELETE FROM {table} WHERE partition = ?", (partition,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def saved(self, stores: list[KeyValue], served: list[ServedTable]) -> None:
         """Mark changes written (after apply succeeded)."""
         for store in stores:
