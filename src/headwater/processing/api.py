@@ -349,16 +349,33 @@ class WindowedStream:
 
 
 class WindowedAggregate:
+    """`final()` and `current()` of one aggregate share its state (and report a late record once)."""
+
     def __init__(self, stream: Stream, window: w.WindowKind, agg: w.Aggregation) -> None:
         self.stream, self.window, self.agg = stream, window, agg
+        self._node: w.WindowNode | None = None
+
+    def _window_node(self) -> w.WindowNode:
+        if self._node is None:
+            self._node = w.WindowNode(self.stream.pipeline.next_id("window"), self.window, self.agg)
+            self.stream.children.append(self._node)
+        return self._node
 
     def final(self) -> Stream:
         """One result per window when it closes: {"start", "end", "value"}, timestamped end - 1."""
-        return self.stream._then(w.WindowNode(self.stream.pipeline.next_id("window"), self.window, self.agg, False))
+        node = self._window_node()
+        if node.final_out is None:
+            node.final_out = Stream(self.stream.pipeline, None)
+        assert isinstance(node.final_out, Stream)
+        return node.final_out
 
     def current(self) -> Stream:
         """A result on every record (and none at close), like Quix's current()."""
-        return self.stream._then(w.WindowNode(self.stream.pipeline.next_id("window"), self.window, self.agg, True))
+        node = self._window_node()
+        if node.current_out is None:
+            node.current_out = Stream(self.stream.pipeline, None)
+        assert isinstance(node.current_out, Stream)
+        return node.current_out
 
 
 class Output(Node):

@@ -17,7 +17,7 @@ closed ones). Windows are half-open [start, end): a record exactly on `end` open
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -161,31 +161,42 @@ def _heap_key(key: str | None) -> tuple[bool, str]:
 
 
 class WindowNode(Node):
-    """Compiles to the operator for its window kind; state lives in the task's store `<id>`."""
+    """One windowed aggregation with up to two outputs — results on close (`final_out`) and on
+    every record (`current_out`) — sharing one state store `<id>` and one late-record report."""
 
-    def __init__(self, node_id: str, window: WindowKind, agg: Aggregation, current: bool) -> None:
-        self.node_id, self.window, self.agg, self.current = node_id, window, agg, current
+    def __init__(self, node_id: str, window: WindowKind, agg: Aggregation) -> None:
+        self.node_id, self.window, self.agg = node_id, window, agg
+        self.final_out: Node | None = None
+        self.current_out: Node | None = None
+
+    def walk(self) -> Iterable[Node]:
+        yield self
+        for out in (self.final_out, self.current_out):
+            if out is not None:
+                yield from out.walk()
 
     def compile(self, task: Task, downstream: Push) -> Push:
+        final = self.final_out.compile(task, downstream) if self.final_out is not None else None
+        current = self.current_out.compile(task, downstream) if self.current_out is not None else None
         if isinstance(self.window, Sliding):
-            return SlidingOperator(self, task, downstream).push
+            return SlidingOperator(self, task, final, current).push
         if isinstance(self.window, Session):
-            return SessionOperator(self, task, downstream).push
-        return FixedOperator(self, task, downstream).push
+            return SessionOperator(self, task, final, current).push
+        return FixedOperator(self, task, final, current).push
 
 
 class _Operator:
     """Shared parts: the store, the close-time heap (rebuilt from the store at start), emission."""
 
-    def __init__(self, node: WindowNode, task: Task, downstream: Push) -> None:
-        self.task, self.downstream = task, downstream
-        self.agg, self.current, self.grace = node.agg, node.current, node.window.grace
+    def __init__(self, node: WindowNode, task: Task, final: Push | None, current: Push | None) -> None:
+        self.task, self.final_push, self.current_push = task, final, current
+        self.agg, self.grace = node.agg, node.window.grace
         self.store = task.store(node.node_id)
         self.heap: list[tuple[int, tuple[bool, str], int, str | None]] = []
         task.on_stream_time(self.advance)
 
-    def emit(self, key: str | None, start: int, end: int, acc: Any) -> None:
-        self.downstream(key, {"key": key, "start": start, "end": end, "value": self.agg.result(acc)}, end - 1)
+    def emit(self, key: str | None, start: int, end: int, acc: Any, push: Push) -> None:
+        push(key, {"key": key, "start": start, "end": end, "value": self.agg.result(acc)}, end - 1)
 
     def advance(self, stream_time: int) -> None:
         heap = self.heap
@@ -200,8 +211,8 @@ class _Operator:
 class FixedOperator(_Operator):
     """Tumbling and hopping windows: one accumulator per (key, window start)."""
 
-    def __init__(self, node: WindowNode, task: Task, downstream: Push) -> None:
-        super().__init__(node, task, downstream)
+    def __init__(self, node: WindowNode, task: Task, final: Push | None, current: Push | None) -> None:
+        super().__init__(node, task, final, current)
         self.assign = node.window.assign  # type: ignore[attr-defined]
         for (key, start), (end, _acc) in self.store.items():
             heapq.heappush(self.heap, (end + self.grace, _heap_key(key), start, key))
@@ -222,8 +233,8 @@ class FixedOperator(_Operator):
                 acc = slot[1]
             acc = self.agg.adder(acc, value)
             store.put((key, start), (end, acc))
-            if self.current:
-                self.emit(key, start, end, acc)
+            if self.current_push is not None:
+                self.emit(key, start, end, acc, self.current_push)
         if late:
             self.task.late(key, value, ts, f"{late} of {len(windows)} window(s) closed (end + grace <= stream time)")
 
@@ -232,15 +243,15 @@ class FixedOperator(_Operator):
         if slot is None:
             return
         self.store.delete((key, start))
-        if not self.current:
-            self.emit(key, start, slot[0], slot[1])
+        if self.final_push is not None:
+            self.emit(key, start, slot[0], slot[1], self.final_push)
 
 
 class SlidingOperator(_Operator):
     """Keeps each key's recent records; a window [t - size, t] per distinct record time t."""
 
-    def __init__(self, node: WindowNode, task: Task, downstream: Push) -> None:
-        super().__init__(node, task, downstream)
+    def __init__(self, node: WindowNode, task: Task, final: Push | None, current: Push | None) -> None:
+        super().__init__(node, task, final, current)
         self.size = node.window.size  # type: ignore[attr-defined]
         self.records = task.store(node.node_id + ".records")
         for (key, t), _ in self.store.items():
@@ -274,17 +285,17 @@ class SlidingOperator(_Operator):
         if self.store.get((key, ts)) is None:
             self.store.put((key, ts), True)
             heapq.heappush(self.heap, (ts + 1 + self.grace, _heap_key(key), ts, key))
-        if self.current:
+        if self.current_push is not None:
             acc, _ = self._window(key, ts)
-            self.emit(key, ts - self.size, ts + 1, acc)
+            self.emit(key, ts - self.size, ts + 1, acc, self.current_push)
 
     def close(self, key: str | None, t: int, close_at: int) -> None:
         if self.store.get((key, t)) is None:
             return
         self.store.delete((key, t))
-        if not self.current:
+        if self.final_push is not None:
             acc, _ = self._window(key, t)
-            self.emit(key, t - self.size, t + 1, acc)
+            self.emit(key, t - self.size, t + 1, acc, self.final_push)
         oldest_needed = t + 1 - self.size  # windows close in time order: later ones start after this
         records = self.records.get(key, ())
         if records and records[0][0] < oldest_needed:
@@ -298,8 +309,8 @@ class SessionOperator(_Operator):
     function from the user; the aggregation runs when the result is emitted.
     """
 
-    def __init__(self, node: WindowNode, task: Task, downstream: Push) -> None:
-        super().__init__(node, task, downstream)
+    def __init__(self, node: WindowNode, task: Task, final: Push | None, current: Push | None) -> None:
+        super().__init__(node, task, final, current)
         self.gap = node.window.gap  # type: ignore[attr-defined]
         self.closed = task.store(node.node_id + ".closed")
         for key, sessions in self.store.items():
@@ -329,8 +340,8 @@ class SessionOperator(_Operator):
         sessions[start] = (last, values)
         self.store.put(key, sessions)
         heapq.heappush(self.heap, (last + gap + 1 + grace, _heap_key(key), start, key))
-        if self.current:
-            self.emit(key, start, last + 1, self._fold(values))
+        if self.current_push is not None:
+            self.emit(key, start, last + 1, self._fold(values), self.current_push)
 
     def close(self, key: str | None, start: int, close_at: int) -> None:
         sessions = self.store.get(key)
@@ -345,8 +356,8 @@ class SessionOperator(_Operator):
         closed = [(s, e) for s, e in self.closed.get(key, ()) if e + 2 * self.gap + 1 + self.grace > close_at]
         closed.append((start, last))
         self.closed.put(key, closed)
-        if not self.current:
-            self.emit(key, start, last + 1, self._fold(values))
+        if self.final_push is not None:
+            self.emit(key, start, last + 1, self._fold(values), self.final_push)
 
     def _reaches_closed(self, key: str | None, ts: int) -> bool:
         """A record within `gap` of a closed session belongs to it: it is late, not a new session.
