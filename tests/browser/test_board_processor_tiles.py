@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, expect
 
 from headwater.auth.users import UserStore
-from tests.browser.test_web import CHROMIUM, FLAGS, PASSWORD, shot, sign_in
+from tests.browser.test_web import PASSWORD, shot, sign_in
 from tests.helpers import RunningHeadwater, child_env, make_keys
 
 PIPELINE = """
@@ -45,16 +45,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
     finally:
         if running.proc is not None:
             running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 HOUR = (int(time.time()) // 3600 - 2) * 3600  # every call in one window, two hours ago

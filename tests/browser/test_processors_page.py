@@ -9,10 +9,10 @@ from unittest.mock import ANY
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from headwater.auth.users import UserStore
-from tests.browser.test_web import CHROMIUM, FLAGS, PASSWORD, shot, sign_in
+from tests.browser.test_web import PASSWORD, shot, sign_in
 from tests.helpers import RunningHeadwater, child_env, make_keys
 
 FINAL = [(0, 3, 6), (1, 2, 4), (2, 2, 5)]  # fan-i: clicks, last button (clicks i, i+3, i+6 of 7)
@@ -48,16 +48,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
     finally:
         if running.proc is not None:
             running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def test_viewer_sees_processor_searches_state_and_follows_its_stream(app: RunningHeadwater, browser: Browser) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from headwater.auth.users import UserStore
 from tests.helpers import ROOT, RunningHeadwater, child_env, make_keys
@@ -45,16 +45,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, deployment: dict[str, str]) ->
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def sign_in(page: Page, url: str, name: str) -> None:
