@@ -139,3 +139,23 @@ def child_env(data_dir: Path, **settings: Any) -> dict[str, str]:
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     Settings.config_file = None
     return Settings(data_dir=data_dir, **overrides)
+
+
+def read_stream(event_log: Any, stream: str, since: dict[int, int] | None = None) -> list[dict[str, Any]]:
+    """Every record of a processor's output stream ({"k", "v", "t", "id"}), partition by partition."""
+    import orjson
+
+    reader = event_log.stream(stream).reader()
+    try:
+        out: list[dict[str, Any]] = []
+        for partition, end in reader.end_offsets().items():
+            position = (since or {}).get(partition, 0)
+            while position < end:
+                records = reader.read(partition, position, 1000)
+                if not records:
+                    break
+                out.extend(orjson.loads(r.value) for r in records)
+                position = records[-1].offset + 1
+        return out
+    finally:
+        reader.close()

@@ -23,7 +23,7 @@ import pytest
 from headwater.log import open_log
 from headwater.processing import TestDriver, days, hours
 from headwater.processing.runtime import Manifest
-from tests.helpers import ROOT, RunningHeadwater, child_env, make_keys, make_settings
+from tests.helpers import ROOT, RunningHeadwater, child_env, make_keys, make_settings, read_stream
 
 EXAMPLE = ROOT / "examples" / "klarna"
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -296,20 +296,7 @@ def state_get(hw: RunningHeadwater, table: str, key: str) -> Any:
 
 def stream_outputs(data_dir: Path, stream: str) -> list[dict[str, Any]]:
     """Every record of an output stream ({"k", "v", "t", "id"}), read straight from the log."""
-    reader = open_log(make_settings(data_dir)).stream(stream).reader()
-    try:
-        out = []
-        for partition, end in reader.end_offsets().items():
-            position = 0
-            while position < end:
-                records = reader.read(partition, position, 1000)
-                if not records:
-                    break
-                out.extend(orjson.loads(r.value) for r in records)
-                position = records[-1].offset + 1
-        return out
-    finally:
-        reader.close()
+    return read_stream(open_log(make_settings(data_dir)), stream)
 
 
 def e2e_decisions(now: int) -> list[dict[str, Any]]:

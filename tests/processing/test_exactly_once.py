@@ -34,7 +34,7 @@ from headwater.lake.tables import NAMESPACE, open_catalog
 from headwater.log.sqlite import SqliteLog
 from headwater.processing.state import ServedReader
 from headwater.processing.worker import load_pipelines, table_streams
-from tests.helpers import child_env, make_settings
+from tests.helpers import child_env, make_settings, read_stream
 
 BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a window edge
 WINDOW, GRACE = 10_000, 2_000
@@ -348,23 +348,6 @@ def setup(tmp_path: Path) -> Setup:
     spec = f"{spec_file}:pipeline"
     (pipeline,) = load_pipelines(spec)
     return Setup(data_dir, spec, settings, SqliteLog.from_settings(settings), env, table_streams(pipeline))
-
-
-def read_stream(log: SqliteLog, name: str, since: dict[int, int] | None = None) -> list[dict[str, Any]]:
-    reader = log.stream(name).reader()
-    try:
-        out: list[dict[str, Any]] = []
-        for partition, end in reader.end_offsets().items():
-            position = (since or {}).get(partition, 0)
-            while position < end:
-                records = reader.read(partition, position, 1000)
-                if not records:
-                    break
-                out.extend(orjson.loads(r.value) for r in records)
-                position = records[-1].offset + 1
-        return out
-    finally:
-        reader.close()
 
 
 def _diff(got: Counter[str], want: Counter[str]) -> str:

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,6 +18,7 @@ from headwater.log.kafka import KafkaLog
 from headwater.processing import Pipeline, seconds
 from headwater.processing.runtime import ProcessorRunner
 from headwater.processing.state import ServedReader
+from tests.helpers import read_stream
 from tests.services import KafkaBroker
 
 pytestmark = pytest.mark.kafka
@@ -61,21 +63,8 @@ def _drain(runner: ProcessorRunner, until: float, partitions: int) -> None:
     runner.checkpoint()
 
 
-def _outputs(log: KafkaLog) -> list[dict[str, object]]:
-    reader = log.stream("kafka-counts-out").reader()
-    try:
-        out = []
-        for partition, end in reader.end_offsets().items():
-            position = 0
-            while position < end:
-                records = reader.read(partition, position, 1000)
-                if not records:
-                    break
-                out.extend(orjson.loads(r.value) for r in records)
-                position = records[-1].offset + 1
-        return out
-    finally:
-        reader.close()
+def _outputs(log: KafkaLog) -> list[dict[str, Any]]:
+    return read_stream(log, "kafka-counts-out")
 
 
 def test_two_workers_split_partitions_and_one_takes_over(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
