@@ -15,3 +15,4 @@ $PY -m bench.importer
 $PY -m bench.maintenance
 $PY -m bench.insights
 $PY -m bench.processing  # stream processors: records/s through the runner and TestDriver, HTTP ack -> output latency, state lookups
+$PY -m bench.quix_compare  # Headwater processors vs Quix Streams on one Kafka broker (own venv .tools/quix-venv); BENCH_QUIX_RECORDS, BENCH_QUIX_REPEATS

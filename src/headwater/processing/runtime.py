@@ -46,6 +46,7 @@ from headwater.processing.task import Task
 
 log = logging.getLogger(__name__)
 EVENT_STREAMS = {"events"}
+MAX_BUFFERED_OUTPUTS = 50_000  # checkpoint early rather than hold more outputs in memory
 
 
 def parse_start(start: str) -> str | dict[int, int] | int:
@@ -287,9 +288,12 @@ class ProcessorRunner:
                 table.refresh()
             for task in self.tasks.values():
                 task.tick()
-        if now - self._last_checkpoint >= self.checkpoint_interval:
+        if now - self._last_checkpoint >= self.checkpoint_interval or self._buffered() > MAX_BUFFERED_OUTPUTS:
             self.checkpoint()
         return len(records)
+
+    def _buffered(self) -> int:
+        return sum(len(items) for task in self.tasks.values() for items in task.outputs.values())
 
     def checkpoint(self) -> None:
         """Outputs (with, on Kafka, the changelog and offsets), then the state file, then group
