@@ -147,6 +147,17 @@ class EventDecoder:
         return value, int(ts.timestamp() * 1000)
 
 
+def to_millis(value: Any) -> int:
+    """Epoch milliseconds of a number (taken as ms), a datetime, or an ISO-8601 string (UTC when it
+    has no offset, as the collector reads event times); ValueError when it is none of these."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    moment = value if isinstance(value, datetime) else parse_time(str(value), "time")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 def decode_events(records: list[Record], log_id: str) -> Iterator[Decoded]:
     """Decode with a fresh decoder (the runner keeps one, to reuse its caches)."""
     return EventDecoder(log_id).decode(records)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from headwater.core.errors import ProcessingError
 from headwater.processing.nodes import Node, Push
+from headwater.processing.records import to_millis
 
 if TYPE_CHECKING:
     from headwater.processing.task import Task
@@ -51,11 +51,7 @@ def field(value: Any, path: str) -> Any:
 
 
 def _millis(value: Any) -> int | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, int | float):
-        return int(value)
-    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+    return None if value in (None, "") else to_millis(value)
 
 
 def compile_rule(rule: dict[str, Any]) -> Callable[[Any, int], bool]:

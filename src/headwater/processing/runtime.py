@@ -39,7 +39,7 @@ from headwater.core.errors import LogError, ProcessingError
 from headwater.core.settings import Settings
 from headwater.log.base import Consumer, EventLog, OutputRecord, Record
 from headwater.processing.api import Pipeline
-from headwater.processing.records import Decoded, EventDecoder, decode_outputs
+from headwater.processing.records import Decoded, EventDecoder, decode_outputs, to_millis
 from headwater.processing.replay import LakeRows
 from headwater.processing.state import NO_OFFSET, StateStore
 from headwater.processing.task import Task
@@ -52,21 +52,16 @@ MAX_BUFFERED_OUTPUTS = 50_000  # checkpoint early rather than hold more outputs 
 def parse_start(start: str) -> str | dict[int, int] | int:
     """--from: 'earliest', 'latest', 'P:O,P:O' (offsets), or an ISO time (events before it are skipped);
     'lake' or 'lake:ISO time' first reads the events table (see `replay`)."""
-    from datetime import UTC, datetime
-
     if start in ("earliest", "latest"):
         return start
     if ":" in start and all(part.count(":") == 1 and part.replace(":", "").isdigit() for part in start.split(",")):
         return {int(p): int(o) for p, o in (part.split(":") for part in start.split(","))}
     try:
-        moment = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        return to_millis(start)
     except ValueError:
         raise ProcessingError(
             f"--from {start!r}: use 'earliest', 'latest', offsets like '0:120,1:98', an ISO time, or 'lake[:ISO time]'"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def split_lake(start: str) -> tuple[bool, str | dict[int, int] | int]:
@@ -347,9 +342,10 @@ class ProcessorRunner:
         metrics.PROCESSOR_ERRORS.labels(name).inc(deltas["errors"])
         metrics.PROCESSOR_CHECKPOINT_SECONDS.labels(name).observe(seconds)
         if self.checkpoints % 10 == 1:
-            metrics.PROCESSOR_STATE_BYTES.labels(name).set(self.state.size_bytes())
-            metrics.PROCESSOR_LAG.labels(name).set(self.lag())
-            self._write_status()
+            lag, state_bytes = self.lag(), self.state.size_bytes()
+            metrics.PROCESSOR_STATE_BYTES.labels(name).set(state_bytes)
+            metrics.PROCESSOR_LAG.labels(name).set(lag)
+            self._write_status(lag, state_bytes)
 
     def lag(self) -> int:
         admin = self.input_log.admin()
@@ -359,12 +355,12 @@ class ProcessorRunner:
             admin.close()
         return sum(max(0, end - max(self.tasks[p].next_offset, 0)) for p, end in ends.items() if p in self.tasks)
 
-    def _write_status(self) -> None:
+    def _write_status(self, lag: int, state_bytes: int) -> None:
         status = {
             "run": self.run_id, "updated_at": int(time.time() * 1000), "checkpoints": self.checkpoints,
             "records_in": self.stats["in"], "records_out": self.stats["out"], "late": self.stats["late"],
-            "errors": self.stats["errors"], "last_error": self.last_error, "lag": self.lag(),
-            "state_bytes": self.state.size_bytes(), "partitions": sorted(self.tasks),
+            "errors": self.stats["errors"], "last_error": self.last_error, "lag": lag,
+            "state_bytes": state_bytes, "partitions": sorted(self.tasks),
         }  # fmt: skip
         _write_atomically(self.manifest.folder / "status.json", json.dumps(status))
 

@@ -179,6 +179,13 @@ class Task:
             self.side_output("errors", key, value, ts, detail)
         self.next_offset = offset + 1
 
+    def advance_stream_time(self, event_time_ms: int) -> None:
+        """Move stream time forward without a record (the test driver's advance_time)."""
+        if event_time_ms > self.stream_time:
+            self.stream_time = event_time_ms
+            for listener in self._listeners:
+                listener(event_time_ms)
+
     def tick(self, now_ms: int | None = None) -> None:
         """Fire wall-clock timers that are due."""
         now = self.wall_clock() if now_ms is None else now_ms

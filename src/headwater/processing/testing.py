@@ -14,22 +14,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import orjson
 
 from headwater.processing.api import Pipeline
+from headwater.processing.records import to_millis
 from headwater.processing.state import StateStore
 from headwater.processing.task import Task
-
-
-def _millis(value: Any) -> int:
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
 
 
 class _Stage:
@@ -74,7 +66,7 @@ class TestDriver:
             if not isinstance(value, dict) or "timestamp" not in value:
                 raise ValueError("send: give timestamp= (epoch ms or ISO-8601) or a value with a 'timestamp'")
             timestamp = value["timestamp"]
-        self._root.send(key, value, _millis(timestamp), self._partition(key) if partition is None else partition)
+        self._root.send(key, value, to_millis(timestamp), self._partition(key) if partition is None else partition)
         self._collect()
 
     def send_many(self, records: list[tuple[str | None, Any, Any]]) -> None:
@@ -89,10 +81,7 @@ class TestDriver:
         """Move stream time forward on every partition (closes windows, fires event-time timers)."""
         for stage in (self._root, *self._stages.values()):
             for task in stage.tasks:
-                if event_time_ms > task.stream_time:
-                    task.stream_time = event_time_ms
-                    for listener in task._listeners:
-                        listener(event_time_ms)
+                task.advance_stream_time(event_time_ms)
             self._collect()  # what closed here may feed the next stage before its time moves
 
     def advance_wall_clock(self, ms: int) -> None:
