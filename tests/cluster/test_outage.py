@@ -84,6 +84,9 @@ def test_kafka_outage_503_then_recovers_without_restart(
                     assert payload.get("success") is False and not payload.get("accepted"), payload
                     refused += ids
                     time.sleep(0.5)
+                # the sender's batch in flight when Kafka stopped waits for the ack timeout (10 s) before its
+                # 503: keep Kafka away until then, or an outage shorter than that is never seen by the sender
+                wait_until("the sender gets 503 while Kafka is down", lambda: sender.statuses["503"] > 0, 60)
             finally:
                 if not kafka_broker.running:
                     kafka_broker.start(timeout=120)
