@@ -21,6 +21,8 @@ import pyarrow as pa
 from bench.common import emit
 from headwater.core.events import EVENTS_SCHEMA
 from headwater.core.settings import Settings
+from headwater.lake.coordination import open_engine
+from headwater.lake.layout import file_writers
 from headwater.lake.maintenance import Maintenance
 from headwater.lake.tables import ensure_tables, open_catalog
 from headwater.query.engine import QueryEngine
@@ -69,7 +71,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         settings = Settings(data_dir=work, compact_min_files=24, snapshot_retention_minutes=1)
         tables = ensure_tables(open_catalog(settings))
-        maintenance = Maintenance(settings, tables)
+        maintenance = Maintenance(settings, tables, file_writers(settings, open_engine(settings.effective_catalog_uri)))
         engine = QueryEngine(settings)
         rng = np.random.default_rng(5)
         points = []

@@ -65,12 +65,12 @@ def test_crash_between_commits_neither_loses_nor_duplicates(data_dir: Path, fail
     while batch := writer.consumer.poll(100_000, 0):
         writer.add(batch)
     if fail_at == "quarantine":  # events committed, then the quarantine commit dies
-        original = writer.tables["quarantine"].append
+        original = writer.files["quarantine"].append
 
         def boom(*args: Any, **kwargs: Any) -> None:
             raise OSError("disk gone")
 
-        writer.tables["quarantine"].append = boom  # type: ignore[method-assign]
+        writer.files["quarantine"].append = boom  # type: ignore[method-assign]
     else:  # both tables committed, then the offset commit dies
         original = writer.consumer.commit
 
@@ -100,7 +100,7 @@ def test_late_events_land_in_their_day_and_compaction_keeps_rows(data_dir: Path)
     assert len(files) == 8
     days = {repr(task.file.partition) for task in files}
     assert len(days) == 2
-    maintenance = Maintenance(writer.settings, writer.tables)
+    maintenance = Maintenance(writer.settings, writer.tables, writer.files)
     assert maintenance.compact("events") == 2
     table = maintenance.tables["events"]
     assert len(list(table.scan().plan_files())) == 2
@@ -115,7 +115,7 @@ def test_expire_and_sweep_delete_unreferenced_files(data_dir: Path) -> None:
     for round_ in range(3):
         producer.append([(b"u", envelope(round_ * 10 + i)) for i in range(10)]).result()
         pump(writer)
-    maintenance = Maintenance(writer.settings, writer.tables)
+    maintenance = Maintenance(writer.settings, writer.tables, writer.files)
     maintenance.compact("events")
     data_root = Path(maintenance.tables["events"].location().removeprefix("file://")) / "data"
     before = len(list(data_root.rglob("*.parquet")))

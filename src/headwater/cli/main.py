@@ -366,6 +366,10 @@ def import_files(
                 fail(str(exc))
             for name, value in counts.items():
                 totals[name] = totals.get(name, 0) + value
+        task = progress.add_task("compacting day partitions", total=None)
+        totals["partitions_compacted"] = importer.compact()
+        progress.update(task, completed=1, total=1)
+    importer.close()
     elapsed = time.monotonic() - started
     totals_out: dict[str, Any] = dict(totals)
     totals_out["elapsed_s"] = round(elapsed, 2)

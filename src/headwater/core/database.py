@@ -45,14 +45,14 @@ def open_store(target: str | Path, metadata: sa.MetaData) -> sa.Engine:
             url, connect_args=connect_args, pool_size=2, max_overflow=8, pool_pre_ping=True, pool_recycle=3600
         )
     try:
-        _create_tables(engine, metadata)
+        create_tables(engine, metadata)
     except BaseException:
         engine.dispose()
         raise
     return engine
 
 
-def _create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
+def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
     """CREATE TABLE for the missing tables; another process doing the same at once is waited for or retried."""
     lock_key = zlib.crc32(",".join(sorted(metadata.tables)).encode())
     for attempt in range(3):

@@ -30,6 +30,9 @@ QUERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 QUERY_ERRORS = Counter("headwater_query_errors", "Queries refused or failed", ["kind"])
+QUERY_FAST_PATH = Counter(
+    "headwater_query_fast_answers", "Queries answered from rollups or table metadata instead of the raw data", ["path"]
+)
 PROCESSOR_RECORDS_IN = Counter("headwater_processor_records_in", "Input records applied", ["processor"])
 PROCESSOR_RECORDS_OUT = Counter("headwater_processor_records_out", "Records emitted to outputs", ["processor"])
 PROCESSOR_LATE = Counter("headwater_processor_late", "Records later than their window's grace", ["processor"])

@@ -128,10 +128,25 @@ class Settings(BaseSettings):
         ge=1000,
         description="When the lake writer lags by more events than this the collector answers 503.",
     )
-    compact_min_files: int = Field(
-        24, ge=2, description="A day partition with at least this many small files is compacted."
+    lake_file_target_mb: int = Field(
+        256,
+        ge=1,
+        description="Size the lake aims at for a data file: import and compaction write files of about this size.",
     )
-    compact_small_file_mb: int = Field(16, ge=1, description="Files under this size are candidates for compaction.")
+    compact_min_files: int = Field(
+        24, ge=2, description="A day partition with at least this many small files is compacted at once."
+    )
+    compact_small_file_mb: int = Field(
+        64, ge=1, description="Files under this size are small: candidates for compaction (see compact_after_minutes)."
+    )
+    compact_after_minutes: float = Field(
+        10.0,
+        ge=0,
+        description="A day partition with two or more small files, the newest older than this, is compacted.",
+    )
+    rollup_cache_mb: int = Field(
+        512, ge=1, description="Memory a query server keeps for parsed rollups (exact counts and people per day)."
+    )
     snapshot_retention_minutes: float = Field(
         30.0,
         ge=1,
@@ -145,6 +160,11 @@ class Settings(BaseSettings):
         10_000,
         ge=1,
         description="Most rows a query returns; the answer says when it was truncated.",
+    )
+    query_fast_path: bool = Field(
+        True,
+        description="Answer counts and distinct people by day/event from rollups and table metadata when a query "
+        "has that shape (exactly the raw answer; the answer's `answered_by` says which path ran).",
     )
     query_threads: int = Field(0, ge=0, description="DuckDB threads for queries (0 = number of cores).")
     query_memory_limit: str = Field("4GB", description="DuckDB memory limit for queries.")

@@ -1,12 +1,14 @@
 """Table maintenance: compact a day's small files, expire old snapshots, delete unreferenced files.
 
-pyiceberg has no rewrite-data-files action, so compaction is done here: the small files of one
-partition are read, sorted by time, written as one file, and swapped in by a single overwrite
-snapshot (old files deleted, new file added). It runs in a writer's own loop, between flushes, and
-only in the writer that holds the `maintenance` lease, so one writer maintains the tables at a
-time. Every commit here is optimistic: when another writer appended in between, the catalog
-refuses it (nothing is lost) and the next round tries again. Commits carry the log offsets the
-table already recorded, so exactly-once bookkeeping survives compaction.
+pyiceberg has no rewrite-data-files action, so compaction is done here: the small files of one day partition
+are read and written again through `headwater.lake.layout` (sorted, cut to the target file size, with
+rollups), and swapped in by a single overwrite snapshot. A partition is compacted when it holds
+`compact_min_files` small files, or two or more whose newest is older than `compact_after_minutes` (so a day
+that stopped receiving events ends as few large files). It runs in a writer's own loop, between flushes, and
+only in the writer that holds the `maintenance` lease, so one writer maintains the tables at a time. Every
+commit here is optimistic: when another writer appended in between, the catalog refuses it (nothing is lost)
+and the next round tries again. Commits carry the log offsets the table already recorded, so exactly-once
+bookkeeping survives compaction.
 """
 
 from __future__ import annotations
@@ -19,18 +21,18 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from headwater.core import metrics
 from headwater.core.settings import Settings
 from headwater.lake.coordination import ClaimStore, Lease
+from headwater.lake.layout import FileWriter
+from headwater.lake.rollups import compute_rollup
 from headwater.lake.tables import carried_offsets
 
 log = logging.getLogger(__name__)
 MAX_SNAPSHOTS = 100
-SORT_COLUMN = {"events": "timestamp", "quarantine": "received_at"}
 
 
 class Maintenance:
@@ -38,11 +40,13 @@ class Maintenance:
         self,
         settings: Settings,
         tables: dict[str, Table],
+        files: dict[str, FileWriter],
         lease: Lease | None = None,
         claims: ClaimStore | None = None,
     ) -> None:
         self.settings = settings
         self.tables = tables  # shared with the writer: pyiceberg refreshes a Table in place on commit
+        self.files = files
         self.lease = lease
         self.claims = claims
         self._last_sweep = 0.0
@@ -60,47 +64,65 @@ class Maintenance:
             self._last_sweep = time.monotonic()
             for name in self.tables:
                 self.sweep(name)
+            self.backfill_rollups()
             if self.claims is not None:
                 self.claims.purge()
         return True
 
-    def compact(self, name: str, min_files: int | None = None) -> int:
-        """Rewrite partitions holding at least `min_files` small files; return partitions compacted."""
+    def compact(self, name: str, min_files: int | None = None, force: bool = False) -> int:
+        """Rewrite the day partitions that are due (see the module docstring); return how many.
+
+        `force`: every partition with two or more small files (import does this when it is done)."""
         table = self.tables[name]
         min_files = min_files or self.settings.compact_min_files
         small_bytes = self.settings.compact_small_file_mb * 1024 * 1024
         groups: dict[str, list[DataFile]] = defaultdict(list)
         for task in table.scan().plan_files():
-            if task.file.file_size_in_bytes < small_bytes:
+            if task.file.file_size_in_bytes < small_bytes and not task.delete_files:
                 groups[repr(task.file.partition)].append(task.file)
-        done = 0
-        for files in groups.values():
-            if len(files) < min_files:
-                continue
+        candidates = [files for files in groups.values() if len(files) >= 2]
+        rollups = self.files[name].rollups
+        if candidates and not force and rollups is not None:
+            ages = rollups.created_ms(f.file_path for files in candidates for f in files)
+            settled = int((time.time() - self.settings.compact_after_minutes * 60) * 1000)
+            candidates = [
+                files
+                for files in candidates
+                if len(files) >= min_files or max(ages.get(f.file_path, 0) for f in files) < settled
+            ]
+        elif not force:
+            candidates = [files for files in candidates if len(files) >= min_files]
+        for files in candidates:
             self._rewrite(name, files)
-            done += 1
-        return done
+        return len(candidates)
 
     def _rewrite(self, name: str, files: list[DataFile]) -> None:
         table = self.tables[name]
-
         parts = []
         for data_file in files:
             with table.io.new_input(data_file.file_path).open() as stream:
                 parts.append(pq.read_table(stream))
-        merged = pa.concat_tables(parts, promote_options="default").sort_by(SORT_COLUMN[name])
-        new_files = list(_dataframe_to_data_files(table.metadata, merged, table.io))
-        props = carried_offsets(table)  # of the version this rewrite commits on
-        with (
-            table.transaction() as tx,
-            tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite,
-        ):
-            for data_file in files:
-                rewrite.delete_data_file(data_file)
-            for data_file in new_files:
-                rewrite.append_data_file(data_file)
+        merged = pa.concat_tables(parts, promote_options="default")
+        writer = self.files[name]
+        new_files = writer.write(table, merged)
+        writer.replace(table, files, new_files, carried_offsets(table))  # offsets of the version it commits on
         metrics.LAKE_COMPACTIONS.labels(name).inc()
-        log.info("compacted %d files (%d rows) of %s", len(files), merged.num_rows, name)
+        log.info("compacted %d files (%d rows) of %s into %d", len(files), merged.num_rows, name, len(new_files))
+
+    def backfill_rollups(self, name: str = "events") -> int:
+        """Compute the rollups of the table's files that have none (written before rollups, or by another
+        engine); return how many."""
+        writer = self.files[name]
+        if writer.rollups is None or writer.persons is None:
+            return 0
+        table = self.tables[name]
+        paths = [task.file.file_path for task in table.scan().plan_files()]
+        missing = [p for p in paths if p not in writer.rollups.created_ms(paths)]
+        for path in missing:
+            with table.io.new_input(path).open() as stream:
+                rows = pq.read_table(stream)
+            writer.rollups.put(name, {path: compute_rollup(rows, writer.persons)})
+        return len(missing)
 
     def expire(self, name: str) -> int:
         """Expire snapshots past retention (and beyond the newest MAX_SNAPSHOTS)."""
@@ -145,6 +167,11 @@ class Maintenance:
                 for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
                     referenced.add(_strip_scheme(entry.data_file.file_path))
         cutoff = time.time() - grace
+        rollups = self.files[name].rollups
+        if rollups is not None:  # rollups of files that no snapshot references any more
+            stale = [p for p in rollups.paths(name) if _strip_scheme(p) not in referenced]
+            created = rollups.created_ms(stale)
+            rollups.delete(p for p in stale if created.get(p, 0) < cutoff * 1000)
         deleted = 0
         try:
             infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))

@@ -24,6 +24,7 @@ from pyiceberg.types import IntegerType, LongType, NestedField, StringType, Time
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from headwater.core.settings import Settings
+from headwater.lake.layout import declare_sort_order
 
 NAMESPACE = "headwater"
 OFFSETS_PROPERTY = "headwater.log-offsets"
@@ -154,6 +155,7 @@ def _ensure_tables(catalog: Catalog) -> dict[str, Table]:
                 )
             except TableAlreadyExistsError:
                 tables[name] = catalog.load_table(identifier)
+        declare_sort_order(tables[name], name)
     return tables
 
 

@@ -35,6 +35,7 @@ from headwater.core.errors import LakeError
 from headwater.core.events import RowBuilder, message_id_of
 from headwater.core.settings import Settings
 from headwater.lake.coordination import ClaimStore, Lease, open_engine
+from headwater.lake.layout import file_writers
 from headwater.lake.maintenance import Maintenance
 from headwater.lake.tables import ensure_tables, offsets_property, open_catalog, snapshot_offsets
 from headwater.log.base import Consumer, EventLog, Record
@@ -65,8 +66,9 @@ class LakeWriter:
         )
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         lease_s = max(60.0, settings.maintenance_interval_s * 3)
+        self.files = file_writers(settings, engine)
         self.maintenance = Maintenance(
-            settings, self.tables, Lease(engine, "maintenance", holder, lease_s), self.claims
+            settings, self.tables, self.files, Lease(engine, "maintenance", holder, lease_s), self.claims
         )
         self.table_offsets: dict[str, dict[int, int]] = {}
         self.commits = 0
@@ -174,6 +176,7 @@ class LakeWriter:
     def _commit(self, name: str, rows: pa.Table, positions: dict[int, int]) -> None:
         """Append `rows` with the merged offsets, if this writer still owns its partitions there."""
         table = self.tables[name]
+        files = None
         for attempt in range(COMMIT_ATTEMPTS):
             current = snapshot_offsets(table, self.offsets_key)
             known = self.table_offsets[name]
@@ -182,8 +185,10 @@ class LakeWriter:
                 raise PartitionTakenOver(f"{name}: partitions {moved} were committed by another writer")
             merged = {**current, **{p: max(o, current.get(p, 0)) for p, o in positions.items()}}
             started = time.perf_counter()
+            if files is None:  # written once; a retry after a conflict commits the same files
+                files = self.files[name].write(table, rows)
             try:
-                table.append(rows, snapshot_properties=offsets_property(merged, self.offsets_key))
+                self.files[name].append(table, files, offsets_property(merged, self.offsets_key))
             except CommitFailedException:
                 metrics.LAKE_COMMIT_CONFLICTS.labels(name).inc()
                 time.sleep(min(1.0, 0.01 * 2**attempt))

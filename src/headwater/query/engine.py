@@ -21,11 +21,13 @@ from urllib.parse import urlparse
 import duckdb
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 
 from headwater.core import metrics
 from headwater.core.errors import QueryError
 from headwater.core.settings import Settings
+from headwater.lake.coordination import open_engine
+from headwater.lake.rollups import RollupStore
 from headwater.lake.tables import (
     JSON_COLUMNS,
     NAMESPACE,
@@ -35,6 +37,7 @@ from headwater.lake.tables import (
     open_catalog,
     warehouse_uri,
 )
+from headwater.query.fast_path import FastPath
 
 log = logging.getLogger(__name__)
 DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
@@ -51,6 +54,7 @@ class QueryResult:
     truncated: bool = False
     elapsed_ms: float = 0.0
     types: list[str] = field(default_factory=list)
+    answered_by: str = "raw"  # raw | rollup | metadata: which path answered (headwater.query.fast_path)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +64,7 @@ class QueryResult:
             "row_count": len(self.rows),
             "truncated": self.truncated,
             "elapsed_ms": round(self.elapsed_ms, 2),
+            "answered_by": self.answered_by,
         }
 
 
@@ -91,6 +96,9 @@ class QueryEngine:
         self._db.execute("SET autoload_known_extensions = false")
         self._db.execute("SET lock_configuration = true")
         self._views: dict[str, str] = {}  # table -> metadata location the view was built from
+        self._tasks: list[FileScanTask] = []  # the files the `events` view reads
+        self._store = open_engine(settings.effective_catalog_uri) if settings.query_fast_path else None
+        self.fast = FastPath(RollupStore(self._store, settings.rollup_cache_mb << 20)) if self._store else None
         self._lock = threading.Lock()
         self.refresh()
 
@@ -107,8 +115,11 @@ class QueryEngine:
                 table = self._load(name)
                 if table is None or self._views.get(name) == table.metadata_location:
                     continue
-                self._db.execute(self._view_sql(name, table))
+                tasks = list(table.scan().plan_files())
+                self._db.execute(self._view_sql(name, tasks))
                 self._views[name] = table.metadata_location
+                if name == "events":
+                    self._tasks = tasks
             self._refresh_outputs()
 
     def _refresh_outputs(self) -> None:
@@ -158,7 +169,7 @@ class QueryEngine:
         with self._lock:
             return tuple(self._views.get(name, "") for name in SPECS)
 
-    def _view_sql(self, name: str, table: Table) -> str:
+    def _view_sql(self, name: str, tasks: list[FileScanTask]) -> str:
         schema = SPECS[name][0]
         json_columns = JSON_COLUMNS.get(name, ())
         columns = []
@@ -168,7 +179,7 @@ class QueryEngine:
             if column.name in json_columns:
                 expr = f'CAST("{column.name}" AS JSON)'
             columns.append(f'{expr} AS "{column.name}"')
-        files = [_local_path(task.file.file_path) for task in table.scan().plan_files()]
+        files = [_local_path(task.file.file_path) for task in tasks]
         if not files:
             empty = ", ".join(
                 f'CAST(NULL AS {"JSON" if c.name in json_columns else DUCK_TYPES[str(c.field_type)]}) AS "{c.name}"'
@@ -197,17 +208,35 @@ class QueryEngine:
         try:
             self.check(sql)
             self._refresh_or_refuse()
-            result = self._run(
-                sql,
-                max_rows or self.settings.query_max_rows,
-                timeout_s or self.settings.query_timeout_s,
-            )
+            limit = max_rows or self.settings.query_max_rows
+            result = self._fast(sql, limit) or self._run(sql, limit, timeout_s or self.settings.query_timeout_s)
         except QueryError as exc:
             metrics.QUERY_ERRORS.labels("refused" if exc.status == 403 else "invalid").inc()
             raise
         result.elapsed_ms = (time.perf_counter() - started) * 1000
         metrics.QUERY_SECONDS.observe(result.elapsed_ms / 1000)
         return result
+
+    def _fast(self, sql: str, max_rows: int) -> QueryResult | None:
+        """The answer from rollups or metadata when the query has a shape they hold (None: run it raw)."""
+        if self.fast is None:
+            return None
+        with self._lock:
+            tasks = self._tasks
+        cursor = self._db.cursor()
+        try:
+            answer = self.fast.answer(cursor, sql, tasks, max_rows)
+        except duckdb.Error as exc:  # e.g. the query does not bind: the raw path reports it
+            log.debug("fast path skipped: %s", exc)
+            return None
+        finally:
+            cursor.close()
+        if answer is None:
+            return None
+        rows = [list(r) for r in answer.rows[:max_rows]]
+        metrics.QUERY_FAST_PATH.labels(answer.answered_by).inc()
+        return QueryResult(answer.columns, rows, len(answer.rows) > max_rows, types=answer.types,
+                           answered_by=answer.answered_by)  # fmt: skip
 
     def _run(self, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
         cursor = self._db.cursor()
@@ -233,6 +262,8 @@ class QueryEngine:
 
     def close(self) -> None:
         self._db.close()
+        if self._store is not None:
+            self._store.dispose()
         if self._owns_catalog:
             close_catalog(self.catalog)
 
