@@ -153,6 +153,25 @@ class Settings(BaseSettings):
         description="Snapshots older than this are expired and files no longer referenced are deleted.",
     )
     maintenance_interval_s: float = Field(10.0, ge=0.1, description="How often the writer runs table maintenance.")
+    shred_max_columns: int = Field(
+        256,
+        ge=0,
+        le=4096,
+        description="Most columns the lake writer adds to `events` for frequently used properties (0 = no "
+        "shredding): `p_<name>` with the property's text, and `n_<name>` as a number for numeric properties.",
+    )
+    shred_min_share: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="A top-level scalar property gets its columns once it is in at least this share of the "
+        "events of a written batch.",
+    )
+    shred_properties: list[str] = Field(
+        default_factory=list,
+        description="Properties shredded whenever they are seen, whatever their share (still within "
+        "shred_max_columns); env: a JSON list.",
+    )
 
     # --- query
     query_timeout_s: float = Field(30.0, gt=0, description="Queries running longer than this are cancelled.")

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from headwater.core.errors import QueryError
+from headwater.insights import from_rollups
 from headwater.insights import sql as compile_sql
 from headwater.insights.spec import (
     INSIGHT,
@@ -22,6 +23,7 @@ from headwater.insights.spec import (
     TimelineQuery,
     TrendQuery,
 )
+from headwater.lake.shredding import Shred, shreds
 from headwater.query.engine import QueryEngine
 
 MAX_ROWS = 200_000
@@ -51,12 +53,13 @@ COMPILERS: dict[type, Any] = {
 }
 
 
-def compile_query(query: Any) -> str:
-    """The one SQL statement an insight runs."""
+def compile_query(query: Any, shred: compile_sql.Shreds | None = None) -> str:
+    """The one SQL statement an insight runs; `shred` names the shredded property columns the
+    `events` view exposes (without it every property is read from the JSON)."""
     compiler = COMPILERS.get(type(query))
     if compiler is None:
         raise InsightError(f"unknown insight {type(query).__name__}")
-    return str(compiler(query))
+    return str(compiler(query, shred or compile_sql.NO_SHREDS))
 
 
 class InsightEngine:
@@ -67,11 +70,34 @@ class InsightEngine:
         self._cache: OrderedDict[tuple[str, tuple[str, ...]], dict[str, Any]] = OrderedDict()
         self._size = cache_entries
         self._lock = threading.Lock()
+        self._shreds: tuple[str, compile_sql.Shreds] = ("", {})
+
+    def shreds(self, version: tuple[str, ...]) -> compile_sql.Shreds:
+        """The shredded properties whose columns the `events` view exposes at this data version."""
+        events_version = version[0] if version else ""
+        with self._lock:
+            if self._shreds[0] == events_version:
+                return self._shreds[1]
+        found: dict[str, Shred] = {}
+        try:
+            found = shreds(self.query.catalog.load_table("headwater.events").schema())
+        except Exception:  # no table yet, or the catalog is away: the JSON path answers
+            found = {}
+        if found:  # the view may be older than the schema just loaded: keep what it has
+            exposed = {c.lower() for c in self.query.execute("SELECT * FROM events LIMIT 0").columns}
+            found = {
+                key: Shred(key, s.text, s.number if s.number and s.number.lower() in exposed else None)
+                for key, s in found.items()
+                if s.text.lower() in exposed
+            }
+        with self._lock:
+            self._shreds = (events_version, found)
+        return found
 
     def run(self, spec: dict[str, Any] | Any) -> dict[str, Any]:
         query = parse(spec) if isinstance(spec, dict) else spec
-        sql = compile_query(query)
         version = self.query.data_version()
+        sql = compile_query(query, self.shreds(version))
         key = (sql, version)
         with self._lock:
             cached = self._cache.get(key)
@@ -79,21 +105,33 @@ class InsightEngine:
                 self._cache.move_to_end(key)
                 return {**cached, "cached": True}
         started = time.perf_counter()
-        result = self.query.execute(sql, max_rows=MAX_ROWS)
-        shaped = shape(query, result.columns, result.rows)
+        columns, rows, truncated, answered_by = self._rows(query, sql)
+        shaped = shape(query, columns, rows)
         answer = {
             "kind": query.kind,
             "sql": sql,
             "result": shaped,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
-            "truncated": result.truncated,
+            "truncated": truncated,
             "cached": False,
+            "answered_by": answered_by,
         }
         with self._lock:
             self._cache[key] = answer
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
         return answer
+
+    def _rows(self, query: Any, sql: str) -> tuple[list[str], list[list[Any]], bool, str]:
+        """(columns, rows, truncated, answered_by): from rollups when they hold the answer, else the SQL."""
+        events = from_rollups.events_of(query)
+        days = self.query.day_buckets(events) if events is not None else None
+        if days is not None and isinstance(query, TrendQuery):
+            return from_rollups.TREND_COLUMNS, from_rollups.trend_rows(query, days), False, "rollup"
+        if days is not None and isinstance(query, RetentionQuery):
+            return from_rollups.RETENTION_COLUMNS, from_rollups.retention_rows(query, days), False, "rollup"
+        result = self.query.execute(sql, max_rows=MAX_ROWS)
+        return result.columns, result.rows, result.truncated, result.answered_by
 
 
 def buckets(start: datetime, end: datetime, interval: str) -> list[datetime]:

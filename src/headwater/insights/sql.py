@@ -6,6 +6,7 @@ so the text is safe to run; it also runs inside the query sandbox like any user 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from headwater.insights.spec import (
@@ -19,7 +20,11 @@ from headwater.insights.spec import (
     TimelineQuery,
     TrendQuery,
 )
+from headwater.lake.shredding import Shred
 
+Shreds = Mapping[str, Shred]
+"""The events table's shredded properties by name (lake/shredding.py); empty: every property is read from JSON."""
+NO_SHREDS: Shreds = {}
 PERSON = "coalesce(user_id, anonymous_id)"
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
@@ -42,18 +47,38 @@ def ts(value: datetime) -> str:
     return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
 
 
-def prop(name: str) -> str:
-    """A column, or a JSON property: `plan` / `properties.plan` / `context.ip` / `traits.email`."""
-    if name in COLUMNS:
-        return name
+def _split(name: str) -> tuple[str, str]:
     root, _, key = name.partition(".")
     if root not in ("properties", "context", "traits") or not key:
         root, key = "properties", name
+    return root, key
+
+
+def prop(name: str, shred: Shreds = NO_SHREDS) -> str:
+    """A column, or a property as text: `plan` / `properties.plan` / `context.ip` / `traits.email`.
+
+    A shredded property reads its text column, which holds exactly what the JSON path gives.
+    """
+    if name in COLUMNS:
+        return name
+    root, key = _split(name)
+    if root == "properties" and key in shred:
+        return '"' + shred[key].text + '"'
     return f"json_extract_string({root}, {lit('$.' + chr(34) + key + chr(34))})"
 
 
-def filter_sql(item: Filter) -> str:
-    expr = prop(item.property)
+def number(name: str, shred: Shreds = NO_SHREDS) -> str:
+    """A property as a DOUBLE (NULL when its text is not a number); a numeric shredded property reads
+    its number column, which holds exactly that."""
+    root, key = _split(name)
+    found = shred.get(key) if root == "properties" and name not in COLUMNS else None
+    if found is not None and found.number:
+        return '"' + found.number + '"'
+    return f"TRY_CAST({prop(name, shred)} AS DOUBLE)"
+
+
+def filter_sql(item: Filter, shred: Shreds = NO_SHREDS) -> str:
+    expr = prop(item.property, shred)
     if item.op == "is_set":
         return f"{expr} IS NOT NULL"
     if item.op == "is_not_set":
@@ -62,7 +87,7 @@ def filter_sql(item: Filter) -> str:
         return f"contains({expr}, {lit(str(item.value))})"
     if item.op in ("gt", "gte", "lt", "lte"):
         symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[item.op]
-        return f"TRY_CAST({expr} AS DOUBLE) {symbol} {lit(item.value)}"
+        return f"{number(item.property, shred)} {symbol} {lit(item.value)}"
     value = item.value
     text = lit(str(value).lower() if isinstance(value, bool) else str(value))
     return f"{expr} {'=' if item.op == 'eq' else 'IS DISTINCT FROM'} {text}"
@@ -73,24 +98,24 @@ def where(*conditions: str) -> str:
     return " AND ".join(f"({c})" for c in kept) if kept else "TRUE"
 
 
-def filters_sql(filters: list[Filter]) -> str:
-    return where(*(filter_sql(f) for f in filters))
+def filters_sql(filters: list[Filter], shred: Shreds = NO_SHREDS) -> str:
+    return where(*(filter_sql(f, shred) for f in filters))
 
 
-def trend_sql(q: TrendQuery) -> str:
+def trend_sql(q: TrendQuery, shred: Shreds = NO_SHREDS) -> str:
     span = int((q.date_to - q.date_from).total_seconds())
     periods = [("current", 0), ("previous", span)] if q.compare else [("current", 0)]
     parts = []
     for index, series in enumerate(q.series):
-        value = f"TRY_CAST({prop(series.property)} AS DOUBLE)" if series.property else "NULL"
-        breakdown = f"coalesce(CAST({prop(q.breakdown)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
+        value = number(series.property, shred) if series.property else "NULL"
+        breakdown = f"coalesce(CAST({prop(q.breakdown, shred)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
         for period, shift in periods:
             cond = where(
                 f"event = {lit(series.event)}",
                 f"timestamp >= {ts(q.date_from)} - INTERVAL {shift} SECOND",
                 f"timestamp < {ts(q.date_to)} - INTERVAL {shift} SECOND",
-                filters_sql(series.filters),
-                filters_sql(q.filters),
+                filters_sql(series.filters, shred),
+                filters_sql(q.filters, shred),
             )
             parts.append(
                 f"SELECT {index} AS series, '{period}' AS period, "
@@ -121,17 +146,18 @@ def trend_sql(q: TrendQuery) -> str:
     )
 
 
-def funnel_sql(q: FunnelQuery) -> str:
+def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
     n = len(q.steps)
     window = f"INTERVAL {q.window_seconds} SECOND"
     flags = [
-        f"({where(f'event = {lit(step.event)}', filters_sql(step.filters))}) AS s{i}" for i, step in enumerate(q.steps)
+        f"({where(f'event = {lit(step.event)}', filters_sql(step.filters, shred))}) AS s{i}"
+        for i, step in enumerate(q.steps)
     ]
     flags += [f"(event = {lit(x.event)}) AS x{i}" for i, x in enumerate(q.exclusions)]
-    breakdown = f"coalesce(CAST({prop(q.breakdown)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
+    breakdown = f"coalesce(CAST({prop(q.breakdown, shred)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
     relevant = " OR ".join([f"s{i}" for i in range(n)] + [f"x{i}" for i in range(len(q.exclusions))])
     events_cond = where(
-        f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)} + {window}", filters_sql(q.filters)
+        f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)} + {window}", filters_sql(q.filters, shred)
     )
     ctes = [
         f"e AS (SELECT * FROM (SELECT {PERSON} AS person, timestamp AS ts, event_id, {breakdown} AS breakdown, "
@@ -190,11 +216,11 @@ def funnel_sql(q: FunnelQuery) -> str:
     )
 
 
-def retention_sql(q: RetentionQuery) -> str:
+def retention_sql(q: RetentionQuery, shred: Shreds = NO_SHREDS) -> str:
     period = q.period
     return (
         f"WITH firsts AS (SELECT {PERSON} AS person, min(timestamp) AS first_ts FROM events "
-        f"WHERE {where(f'event = {lit(q.start_event)}', filters_sql(q.filters))} GROUP BY person),\n"
+        f"WHERE {where(f'event = {lit(q.start_event)}', filters_sql(q.filters, shred))} GROUP BY person),\n"
         f"cohort AS (SELECT person, date_trunc('{period}', first_ts) AS cohort FROM firsts "
         f"WHERE first_ts >= {ts(q.date_from)} AND first_ts < {ts(q.date_to)}),\n"
         f"returns AS (SELECT DISTINCT c.person, c.cohort, "
@@ -208,7 +234,8 @@ def retention_sql(q: RetentionQuery) -> str:
     )
 
 
-def journey_sql(q: JourneyQuery) -> str:
+def journey_sql(q: JourneyQuery, shred: Shreds = NO_SHREDS) -> str:
+    del shred
     window = where(f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)}")
     if q.direction == "after":
         span, order = f"s.rn BETWEEN a.rn0 AND a.rn0 + {q.depth}", "ASC"
@@ -231,8 +258,8 @@ def journey_sql(q: JourneyQuery) -> str:
     )
 
 
-def experiment_sql(q: ExperimentQuery) -> str:
-    variant = f"CAST({prop(q.variant_property)} AS VARCHAR)"
+def experiment_sql(q: ExperimentQuery, shred: Shreds = NO_SHREDS) -> str:
+    variant = f"CAST({prop(q.variant_property, shred)} AS VARCHAR)"
     exposed = where(
         f"event = {lit(q.exposure_event)}",
         f"timestamp >= {ts(q.date_from)}",
@@ -251,7 +278,8 @@ def experiment_sql(q: ExperimentQuery) -> str:
     )
 
 
-def timeline_sql(q: TimelineQuery) -> str:
+def timeline_sql(q: TimelineQuery, shred: Shreds = NO_SHREDS) -> str:
+    del shred
     who = lit(q.person)
     return (
         f"SELECT timestamp, type, event, user_id, anonymous_id, properties, context, traits, source, event_id "
@@ -260,8 +288,8 @@ def timeline_sql(q: TimelineQuery) -> str:
     )
 
 
-def catalog_sql(q: CatalogQuery) -> str:
-    del q
+def catalog_sql(q: CatalogQuery, shred: Shreds = NO_SHREDS) -> str:
+    del q, shred
     return (
         "SELECT 'event' AS kind, event, NULL AS property, NULL AS type, count(*) AS events, "
         f"count(DISTINCT {PERSON}) AS users, min(timestamp) AS first_seen, max(timestamp) AS last_seen "

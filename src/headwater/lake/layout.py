@@ -22,6 +22,7 @@ from pyiceberg.transforms import IdentityTransform
 from headwater.core.settings import Settings
 from headwater.lake.persons import PersonKeys
 from headwater.lake.rollups import RollupStore, compute_rollup
+from headwater.lake.shredding import Shredder
 
 # Chosen by measurement (README, "Lake layout"): events of one name and one person sit together, so
 # `user_id` compresses to runs and `timestamp` to small deltas, and per-person scans (funnels, journeys)
@@ -48,20 +49,24 @@ def file_writers(settings: Settings, engine: sa.Engine) -> dict[str, FileWriter]
     """A FileWriter per table, sharing one person-key map and rollup store on the catalog's database."""
     persons, rollups = PersonKeys(engine), RollupStore(engine, settings.rollup_cache_mb << 20)
     return {
-        name: FileWriter(name, persons if name == "events" else None, rollups if name == "events" else None,
-                         settings.lake_file_target_mb)
-        for name in SORT_KEYS
-    }  # fmt: skip
+        "events": FileWriter("events", settings.lake_file_target_mb, persons, rollups, Shredder(settings)),
+        "quarantine": FileWriter("quarantine", settings.lake_file_target_mb),
+    }
 
 
 class FileWriter:
-    """Writes rows of one table as sorted, sized data files (with rollups for `events`) and commits them."""
+    """Writes rows of one table as sorted, sized data files (with shredded properties and rollups for
+    `events`) and commits them."""
 
-    def __init__(self, name: str, persons: PersonKeys | None, rollups: RollupStore | None, target_mb: int) -> None:
+    def __init__(
+        self, name: str, target_mb: int, persons: PersonKeys | None = None, rollups: RollupStore | None = None,
+        shredder: Shredder | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
+        self.target_bytes = target_mb * 1024 * 1024
         self.persons = persons
         self.rollups = rollups
-        self.target_bytes = target_mb * 1024 * 1024
+        self.shredder = shredder
 
     def rows_per_file(self, table: Table) -> int:
         """Target rows per file from the table's own bytes per row (a default while it is empty)."""
@@ -79,7 +84,9 @@ class FileWriter:
         """Write `rows` as data files (not committed yet); store their rollups."""
         if rows.num_rows == 0:
             return []
-        metadata = table.metadata
+        if self.shredder is not None:  # may add columns (a schema change) and fills them, also in rows read back
+            rows = self.shredder.apply(table, rows)
+        metadata = table.metadata  # as the shredder left it: written with exactly these columns
         per_file = self.rows_per_file(table)
         sort = [(key, "ascending") for key in SORT_KEYS[self.name]]
         write_uuid = uuid.uuid4()

@@ -28,6 +28,7 @@ from headwater.core.errors import QueryError
 from headwater.core.settings import Settings
 from headwater.lake.coordination import open_engine
 from headwater.lake.rollups import RollupStore
+from headwater.lake.shredding import empty_exprs, shreds, view_sql
 from headwater.lake.tables import (
     JSON_COLUMNS,
     NAMESPACE,
@@ -37,7 +38,8 @@ from headwater.lake.tables import (
     open_catalog,
     warehouse_uri,
 )
-from headwater.query.fast_path import FastPath
+from headwater.query.fast_path import Bucket, FastPath
+from headwater.query.shapes import Unsupported
 
 log = logging.getLogger(__name__)
 DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
@@ -116,7 +118,7 @@ class QueryEngine:
                 if table is None or self._views.get(name) == table.metadata_location:
                     continue
                 tasks = list(table.scan().plan_files())
-                self._db.execute(self._view_sql(name, tasks))
+                self._db.execute(self._view_sql(name, table, tasks))
                 self._views[name] = table.metadata_location
                 if name == "events":
                     self._tasks = tasks
@@ -169,7 +171,9 @@ class QueryEngine:
         with self._lock:
             return tuple(self._views.get(name, "") for name in SPECS)
 
-    def _view_sql(self, name: str, tasks: list[FileScanTask]) -> str:
+    def _view_sql(self, name: str, table: Table, tasks: list[FileScanTask]) -> str:
+        """The view of `events` / `quarantine`: the fixed columns, typed, plus the shredded property
+        columns of `events` (`headwater.lake.shredding`: read where a file has them, else computed)."""
         schema = SPECS[name][0]
         json_columns = JSON_COLUMNS.get(name, ())
         columns = []
@@ -179,14 +183,19 @@ class QueryEngine:
             if column.name in json_columns:
                 expr = f'CAST("{column.name}" AS JSON)'
             columns.append(f'{expr} AS "{column.name}"')
-        files = [_local_path(task.file.file_path) for task in tasks]
-        if not files:
-            empty = ", ".join(
+        shredded = name == "events" and bool(shreds(table.schema()))
+        if not tasks:
+            empty = [
                 f'CAST(NULL AS {"JSON" if c.name in json_columns else DUCK_TYPES[str(c.field_type)]}) AS "{c.name}"'
                 for c in schema.columns
-            )
-            return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {empty} WHERE false'
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            ]
+            if shredded:
+                empty += empty_exprs(table.schema())
+            return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(empty)} WHERE false'
+        if shredded:
+            files = [(_local_path(t.file.file_path), t.file) for t in tasks]
+            return f'CREATE OR REPLACE VIEW "{name}" AS {view_sql(table.schema(), files, columns)}'
+        listed = ", ".join(_quote(_local_path(t.file.file_path)) for t in tasks)
         return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(columns)} FROM read_parquet([{listed}])'
 
     def check(self, sql: str) -> None:
@@ -237,6 +246,19 @@ class QueryEngine:
         metrics.QUERY_FAST_PATH.labels(answer.answered_by).inc()
         return QueryResult(answer.columns, rows, len(answer.rows) > max_rows, types=answer.types,
                            answered_by=answer.answered_by)  # fmt: skip
+
+    def day_buckets(self, events: set[str]) -> dict[tuple[int, object], Bucket] | None:
+        """Rows and people per (day, event) for `events` over the whole `events` table, from rollups (as
+        of the version queries see now); None when rollups cannot answer (the caller scans raw data)."""
+        if self.fast is None:
+            return None
+        self._refresh_or_refuse()
+        with self._lock:
+            tasks = self._tasks
+        try:
+            return self.fast.buckets(tasks, "day", by_event=True, people=True, events=events)
+        except Unsupported:
+            return None
 
     def _run(self, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
         cursor = self._db.cursor()

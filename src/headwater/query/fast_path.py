@@ -125,8 +125,17 @@ class FastPath:
         return low, high
 
     def _rollup_buckets(self, shape: Shape, tasks: list[FileScanTask]) -> dict[tuple[int, object], Bucket]:
+        return self.buckets(tasks, shape.grain, shape.uses_event, shape.needs_people)
+
+    def buckets(
+        self, tasks: list[FileScanTask], grain: str, by_event: bool, people: bool, events: set[str] | None = None
+    ) -> dict[tuple[int, object], Bucket]:
+        """Counts (and people) per (day or hour, event or ALL) over `tasks`' files, from their rollups;
+        Unsupported when one has none. `events`: only these event names."""
         if self.rollups is None:
             raise Unsupported("no rollup store")
+        if any(task.delete_files for task in tasks):
+            raise Unsupported("row-level deletes present")
         paths = [t.file.file_path for t in tasks]
         found = self.rollups.get(paths)
         if len(found) < len(set(paths)):
@@ -134,16 +143,19 @@ class FastPath:
         buckets: dict[tuple[int, object], Bucket] = defaultdict(Bucket)
         for rollup in found.values():
             for (hour, event), n in rollup.counts.items():
-                bucket_time = hour if shape.grain == "hour" else hour // 24
-                key: tuple[int, object] = (bucket_time, event if shape.uses_event else ALL)
+                if events is not None and event not in events:
+                    continue
+                bucket_time = hour if grain == "hour" else hour // 24
+                key: tuple[int, object] = (bucket_time, event if by_event else ALL)
                 buckets[key].count += n
-            if shape.needs_people:
-                for (day, kind), (users, persons) in rollup.people.items():
-                    if (kind is ALL) == shape.uses_event:
-                        continue
-                    bucket = buckets[(day, kind)]
-                    bucket.users.append(users)
-                    bucket.persons.append(persons)
+            if not people:
+                continue
+            for (day, kind), (users, persons) in rollup.people.items():
+                if (kind is ALL) == by_event or (events is not None and kind not in events):
+                    continue
+                bucket = buckets[(day, kind)]
+                bucket.users.append(users)
+                bucket.persons.append(persons)
         return buckets
 
     @staticmethod
