@@ -49,13 +49,18 @@ class PersonKeys:
     def keys_for(self, ids: Iterable[str]) -> dict[str, int]:
         """The key of every id in `ids` (assigned now for ids never seen)."""
         wanted = set(ids)
-        missing = [i for i in wanted if i not in self._cache]
-        if missing:
-            if len(self._cache) + len(missing) > MAX_CACHED:
-                self._cache.clear()
-            self._cache.update(self._assign(missing))
+        self._ensure(wanted)
         cache = self._cache
         return {i: cache[i] for i in wanted}
+
+    def _ensure(self, ids: Iterable[str]) -> None:
+        cache = self._cache
+        missing = [i for i in ids if i not in cache]
+        if missing:
+            if len(cache) + len(missing) > MAX_CACHED:
+                cache.clear()
+                missing = list(set(ids))
+            cache.update(self._assign(missing))
 
     def _assign(self, ids: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -81,7 +86,7 @@ class PersonKeys:
         ids: set[str] = set()
         for column in columns:
             ids.update(v for v in pc.unique(column).to_pylist() if v is not None)
-        self.keys_for(ids)
+        self._ensure(ids)
 
     def key_array(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """Keys for a string column, aligned with it; -1 where the id is NULL."""
@@ -90,8 +95,8 @@ class PersonKeys:
         out = []
         for chunk in chunks:
             names = chunk.dictionary.to_pylist()
-            mapping = self.keys_for(names)
-            lookup = np.fromiter((mapping[n] for n in names), dtype=np.int64, count=len(names))
+            self._ensure(names)
+            lookup = np.fromiter(map(self._cache.__getitem__, names), dtype=np.int64, count=len(names))
             indices = pc.fill_null(chunk.indices, 0).to_numpy(zero_copy_only=False)
             keys = lookup[indices] if len(lookup) else np.zeros(len(chunk), dtype=np.int64)
             if chunk.null_count:
