@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import duckdb
+import sqlalchemy as sa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.table import FileScanTask, Table
@@ -42,6 +43,10 @@ from headwater.query.fast_path import Bucket, FastPath
 from headwater.query.shapes import Unsupported
 
 log = logging.getLogger(__name__)
+_LOCATIONS = sa.text(
+    "SELECT table_name, metadata_location FROM iceberg_tables "
+    "WHERE catalog_name = :catalog AND table_namespace = :namespace"
+)
 DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
 OUTPUT_TYPES = {
     **DUCK_TYPES, "timestamptz": "TIMESTAMPTZ", "double": "DOUBLE", "float": "FLOAT", "boolean": "BOOLEAN",
@@ -99,6 +104,7 @@ class QueryEngine:
         self._db.execute("SET lock_configuration = true")
         self._views: dict[str, str] = {}  # table -> metadata location the view was built from
         self._tasks: list[FileScanTask] = []  # the files the `events` view reads
+        self._seen: dict[str, str] | None = None  # metadata locations at the last refresh
         self._store = open_engine(settings.effective_catalog_uri) if settings.query_fast_path else None
         self.fast = FastPath(RollupStore(self._store, settings.rollup_cache_mb << 20)) if self._store else None
         self._lock = threading.Lock()
@@ -110,10 +116,25 @@ class QueryEngine:
         except NoSuchTableError:
             return None
 
+    def _locations(self) -> dict[str, str] | None:
+        """Every table's current metadata location in one catalog query (None: not an SQL catalog)."""
+        engine = getattr(self.catalog, "engine", None)
+        if engine is None:
+            return None
+        with engine.connect() as conn:
+            rows = conn.execute(_LOCATIONS, {"catalog": self.catalog.name, "namespace": NAMESPACE})
+            return {str(name): str(location) for name, location in rows if location}
+
     def refresh(self) -> None:
-        """Rebuild a view when its table has a new metadata version."""
+        """Rebuild a view when its table has a new metadata version (checked with one catalog query;
+        only changed tables are loaded)."""
         with self._lock:
+            locations = self._locations()
+            if locations is not None and locations == self._seen:
+                return
             for name in SPECS:
+                if locations is not None and self._views.get(name) == locations.get(name):
+                    continue
                 table = self._load(name)
                 if table is None or self._views.get(name) == table.metadata_location:
                     continue
@@ -122,18 +143,24 @@ class QueryEngine:
                 self._views[name] = table.metadata_location
                 if name == "events":
                     self._tasks = tasks
-            self._refresh_outputs()
+            self._refresh_outputs(locations)
+            self._seen = locations
 
-    def _refresh_outputs(self) -> None:
+    def _refresh_outputs(self, locations: dict[str, str] | None) -> None:
         """Views over the namespace's other tables: created, rebuilt on a new version, dropped when gone."""
-        try:
-            listed = {ident[-1] for ident in self.catalog.list_tables(NAMESPACE)} - set(SPECS)
-        except NoSuchNamespaceError:
-            listed = set()
+        if locations is not None:
+            listed = set(locations) - set(SPECS)
+        else:
+            try:
+                listed = {ident[-1] for ident in self.catalog.list_tables(NAMESPACE)} - set(SPECS)
+            except NoSuchNamespaceError:
+                listed = set()
         for name in [n for n in self._views if n not in SPECS and n not in listed]:
             self._db.execute(f"DROP VIEW IF EXISTS {_ident(name)}")
             del self._views[name]
         for name in sorted(listed):
+            if locations is not None and self._views.get(name) == locations.get(name):
+                continue
             table = self._load(name)
             if table is None or self._views.get(name) == table.metadata_location:
                 continue
@@ -231,10 +258,10 @@ class QueryEngine:
         if self.fast is None:
             return None
         with self._lock:
-            tasks = self._tasks
+            tasks, version = self._tasks, self._views.get("events", "")
         cursor = self._db.cursor()
         try:
-            answer = self.fast.answer(cursor, sql, tasks, max_rows)
+            answer = self.fast.answer(cursor, sql, version, tasks, max_rows)
         except duckdb.Error as exc:  # e.g. the query does not bind: the raw path reports it
             log.debug("fast path skipped: %s", exc)
             return None
@@ -254,9 +281,9 @@ class QueryEngine:
             return None
         self._refresh_or_refuse()
         with self._lock:
-            tasks = self._tasks
+            tasks, version = self._tasks, self._views.get("events", "")
         try:
-            return self.fast.buckets(tasks, "day", by_event=True, people=True, events=events)
+            return self.fast.buckets(tasks, "day", by_event=True, people=True, events=events, version=version)
         except Unsupported:
             return None
 

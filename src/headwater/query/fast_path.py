@@ -12,10 +12,10 @@ Three steps, all in the query's own DuckDB cursor:
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -57,31 +57,53 @@ class FastPath:
 
     def __init__(self, rollups: RollupStore | None) -> None:
         self.rollups = rollups
+        self._shapes: LRU[str, Shape | Unsupported] = LRU(512)  # parsed SQL
+        self._bound: LRU[tuple[str, str], tuple[list[str], list[str]]] = LRU(512)  # (sql, version): names, types
+        self._merged: LRU[tuple[Any, ...], dict[tuple[int, object], Bucket]] = LRU(16)  # rollups merged per version
 
     def answer(
-        self, cursor: duckdb.DuckDBPyConnection, sql: str, tasks: list[FileScanTask], max_rows: int
+        self, cursor: duckdb.DuckDBPyConnection, sql: str, version: str, tasks: list[FileScanTask], max_rows: int
     ) -> FastAnswer | None:
+        """The answer of `sql` over the files `tasks` of the events table at `version`, or None."""
         try:
-            shape = parse_shape(sql)
-            return self._answer(cursor, sql, shape, tasks, max_rows)
+            shape = self._shapes.get(sql)
+            if shape is None:
+                try:
+                    shape = parse_shape(sql)
+                except Unsupported as why:
+                    shape = why
+                self._shapes.put(sql, shape)
+            if isinstance(shape, Unsupported):
+                raise shape
+            return self._answer(cursor, sql, shape, version, tasks, max_rows)
         except Unsupported as why:
             log.debug("raw path: %s", why)
             return None
 
     def _answer(
-        self, cursor: duckdb.DuckDBPyConnection, sql: str, shape: Shape, tasks: list[FileScanTask], max_rows: int
-    ) -> FastAnswer:
-        bound = cursor.sql(sql)  # binds (names, types) without running
-        columns, types = list(bound.columns), [str(t) for t in bound.types]
+        self, cursor: duckdb.DuckDBPyConnection, sql: str, shape: Shape, version: str, tasks: list[FileScanTask],
+        max_rows: int,
+    ) -> FastAnswer:  # fmt: skip
+        bound = self._bound.get((sql, version))
+        if bound is None:
+            relation = cursor.sql(sql)  # binds (names, types) without running
+            bound = list(relation.columns), [str(t) for t in relation.types]
+            self._bound.put((sql, version), bound)
+        columns, types = bound
         low, high = self._bounds(cursor, shape)
         if any(task.delete_files for task in tasks):
             raise Unsupported("row-level deletes present")
-        day = US_PER["day"]
-        tasks = [t for t in tasks if _in_range(_day_of(t), day, low, high)]
         if shape.needs_metadata_only and shape.grain == "day":
-            buckets, answered_by = _metadata_buckets(tasks), "metadata"
+            key = (version, "metadata")
+            buckets = self._merged.get(key)
+            if buckets is None:
+                buckets = _metadata_buckets(tasks)
+                self._merged.put(key, buckets)
+            answered_by = "metadata"
         else:
-            buckets, answered_by = self._rollup_buckets(shape, tasks), "rollup"
+            buckets = self.buckets(tasks, shape.grain, shape.uses_event, shape.needs_people, version=version)
+            answered_by = "rollup"
+        buckets = {k: b for k, b in buckets.items() if _in_range(k[0], US_PER[shape.grain], low, high)}
         keys = list(buckets)
         table = pa.table(
             {
@@ -124,14 +146,24 @@ class FastPath:
                 high = value if high is None else min(high, value)
         return low, high
 
-    def _rollup_buckets(self, shape: Shape, tasks: list[FileScanTask]) -> dict[tuple[int, object], Bucket]:
-        return self.buckets(tasks, shape.grain, shape.uses_event, shape.needs_people)
-
     def buckets(
-        self, tasks: list[FileScanTask], grain: str, by_event: bool, people: bool, events: set[str] | None = None
-    ) -> dict[tuple[int, object], Bucket]:
+        self, tasks: list[FileScanTask], grain: str, by_event: bool, people: bool, events: set[str] | None = None,
+        version: str | None = None,
+    ) -> dict[tuple[int, object], Bucket]:  # fmt: skip
         """Counts (and people) per (day or hour, event or ALL) over `tasks`' files, from their rollups;
-        Unsupported when one has none. `events`: only these event names."""
+        Unsupported when one has none. `events`: only these event names. With `version` (the table
+        version `tasks` belong to) the merge is kept for the next query on the same version."""
+        key = (version, grain, by_event, people, frozenset(events) if events is not None else None)
+        cached = self._merged.get(key) if version is not None else None
+        if cached is None:
+            cached = self._merge(tasks, grain, by_event, people, events)
+            if version is not None:
+                self._merged.put(key, cached)
+        return cached
+
+    def _merge(
+        self, tasks: list[FileScanTask], grain: str, by_event: bool, people: bool, events: set[str] | None
+    ) -> dict[tuple[int, object], Bucket]:
         if self.rollups is None:
             raise Unsupported("no rollup store")
         if any(task.delete_files for task in tasks):
@@ -156,7 +188,7 @@ class FastPath:
                 bucket = buckets[(day, kind)]
                 bucket.users.append(users)
                 bucket.persons.append(persons)
-        return buckets
+        return dict(buckets)
 
     @staticmethod
     def _finish(
@@ -252,11 +284,33 @@ def _day_of(task: FileScanTask) -> int | None:
     return int(value) if value is not None else None
 
 
-def _in_range(day: int | None, day_us: int, low: int | None, high: int | None) -> bool:
-    if day is None:
-        return True
-    start, end = day * day_us, (day + 1) * day_us
+def _in_range(bucket: int, unit_us: int, low: int | None, high: int | None) -> bool:
+    """Whether the bucket starting at `bucket * unit_us` overlaps [low, high)."""
+    start, end = bucket * unit_us, (bucket + 1) * unit_us
     return (low is None or end > low) and (high is None or start < high)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A small least-recently-used map (thread-safe enough for dict operations under the GIL)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
 
 def _naive_utc(micros: int) -> datetime:
