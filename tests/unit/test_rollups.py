@@ -127,7 +127,7 @@ def test_fast_answers_equal_the_raw_scan(lake: Any, sql: str, path: str) -> None
         "SELECT count(*) FROM events WHERE timestamp >= '2026-01-14 10:30:00'",  # cuts an hour
         "SELECT count(DISTINCT user_id) FROM events WHERE timestamp > '2026-01-14'",  # > cuts a bucket
         "SELECT hour(timestamp), count(DISTINCT user_id) FROM events GROUP BY 1 ORDER BY 1",  # people per hour
-        "SELECT source, count(*) FROM events GROUP BY source",  # a column rollups do not hold
+        "SELECT source, count(*) FROM events GROUP BY source ORDER BY source",  # a column rollups do not hold
         "SELECT count(DISTINCT anonymous_id) FROM events",
         "SELECT count(*) FROM events WHERE user_id = 'u3'",
         "SELECT CAST(timestamp AS DATE) d, count(*) FROM events GROUP BY d HAVING count(*) > 5 ORDER BY d",
