@@ -40,7 +40,9 @@ from headwater.lake.shredding import Shredder
 # events without a messageId get delta-encode to almost nothing; sorting by event or person first
 # scrambles both (14 B per lolscale event instead of 5). Rollups answer the per-person questions.
 SORT_KEYS = {"events": ("timestamp", "event", "user_id"), "quarantine": ("received_at",)}
-DELTA_STRINGS = frozenset({"event_id", "user_id", "anonymous_id", "previous_id"})
+# Mostly unique per row: plain pages (zstd does the rest). DELTA_BYTE_ARRAY would save a little more, but
+# Iceberg's vectorized Spark reader refuses it (tests/engines).
+PLAIN_STRINGS = frozenset({"event_id", "user_id", "anonymous_id", "previous_id"})
 DELTA_NUMBERS = frozenset({"timestamp", "received_at", "sent_at", "log_offset"})
 ZSTD_LEVEL = 3
 PARQUET = ParquetFormatModel()
@@ -62,16 +64,11 @@ def declare_sort_order(table: Table, name: str) -> None:
 
 
 def encodings(schema: Schema) -> dict[str, Any]:
-    """pyarrow writer options per column, chosen by measurement (README, "Lake layout"): ids and times
-    delta-encoded (sequential event ids and sorted times shrink to a fraction of a byte), the rest with
+    """pyarrow writer options per column, chosen by measurement (README, "Lake layout"): times
+    delta-encoded (sorted, they shrink to a fraction of a byte), ids in plain pages, the rest with
     dictionaries (pyarrow falls back to plain pages for a column whose dictionary grows too large)."""
-    delta = {}
-    for field in schema.columns:
-        if field.name in DELTA_STRINGS:
-            delta[field.name] = "DELTA_BYTE_ARRAY"
-        elif field.name in DELTA_NUMBERS:
-            delta[field.name] = "DELTA_BINARY_PACKED"
-    dictionary = [f.name for f in schema.columns if f.name not in delta]
+    delta = {f.name: "DELTA_BINARY_PACKED" for f in schema.columns if f.name in DELTA_NUMBERS}
+    dictionary = [f.name for f in schema.columns if f.name not in delta and f.name not in PLAIN_STRINGS]
     return {"use_dictionary": dictionary, "column_encoding": delta, "compression_level": ZSTD_LEVEL}
 
 
