@@ -8,6 +8,13 @@ wrk.body = body
 wrk.headers["x-api-key"] = key
 wrk.headers["Content-Type"] = "application/x-ndjson"
 
+-- DELAY_MS (optional): each connection waits this long before its next request, for a fixed
+-- offered rate (connections * 1000 / DELAY_MS requests/s); wrk's latency excludes the wait.
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "")
+if delay_ms then
+  delay = function() return delay_ms end
+end
+
 local statuses = {}
 response = function(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1

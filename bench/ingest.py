@@ -34,12 +34,16 @@ def body(events: int) -> bytes:
 
 
 def run_mode(
-    wrk: str, running: RunningHeadwater, key: str, per_request: int, connections: int, duration: int, work: Path
-) -> dict[str, object]:
+    wrk: str, running: RunningHeadwater, key: str, per_request: int, connections: int, duration: int, work: Path,
+    rate: float | None = None,
+) -> dict[str, object]:  # fmt: skip
+    """One wrk run; with `rate`, each connection paces itself to offer `rate` requests/s in all."""
     body_file = work / f"body{per_request}.ndjson"
     body_file.write_bytes(body(per_request))
     lake_before = running.sql("SELECT count(*) FROM events")[0][0]
     env = {"KEY": key, "BODY_FILE": str(body_file), "PATH": "/usr/bin:/bin"}
+    if rate is not None:
+        env["DELAY_MS"] = str(round(connections * 1000 / rate))
     script = Path(__file__).with_name("ingest.lua")
     started = time.monotonic()
     out = subprocess.run(
@@ -58,6 +62,7 @@ def run_mode(
     return {
         "events_per_request": per_request,
         "connections": connections,
+        **({"offered_requests_per_s": rate} if rate is not None else {}),
         "duration_s": duration,
         "requests_per_s": round(stats["requests"] / (stats["duration_us"] / 1e6), 1),
         "acknowledged_events_per_s": round(events / ingest_s, 1),
@@ -86,9 +91,10 @@ def main() -> None:
         try:
             batched = run_mode(wrk, running, keys["write"], 100, 16, args.duration, Path(tmp))
             single = run_mode(wrk, running, keys["write"], 1, 32, args.duration, Path(tmp))
+            paced = run_mode(wrk, running, keys["write"], 1, 10, args.duration, Path(tmp), rate=1000)
         finally:
             running.stop()
-    emit("ingest", {"batched": batched, "single_event": single})
+    emit("ingest", {"batched": batched, "single_event": single, "single_event_at_1k_per_s": paced})
 
 
 if __name__ == "__main__":

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
-from headwater.core.events import InvalidEvent, RowBuilder, check_raw_track, check_segment, parse_time
+from headwater.core.events import (
+    EVENTS_SCHEMA,
+    InvalidEvent,
+    RowBuilder,
+    check_raw_track,
+    check_segment,
+    check_time,
+    parse_time,
+    time_micros,
+)
 
 
 def test_parse_time_forms() -> None:
@@ -122,3 +131,65 @@ def test_quarantine_envelope() -> None:
     assert events.num_rows == 0
     row = quarantine.to_pylist()[0]
     assert (row["reason"], row["raw"], row["log_partition"], row["log_offset"]) == ("bad", "xx", 2, 9)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2026-01-15 10:00:00", "2026-01-15T12:00:00.123456+02:00", "2026-01-15T10:00:00Z", "2026-01-15",
+     1768471200, 1768471200000, 1768471200.5, "9999-12-31T23:59:59", "1969-12-31T23:59:59.999999"],
+)  # fmt: skip
+def test_time_micros_and_check_time_agree_with_parse_time(value: object) -> None:
+    expected = parse_time(value, "t")
+    assert time_micros(value, "t") == (expected - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    check_time(value, "t")
+
+
+def test_times_out_of_range_are_invalid_not_a_crash() -> None:
+    for value in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        with pytest.raises(InvalidEvent, match="out of range"):
+            parse_time(value, "timestamp")
+        with pytest.raises(InvalidEvent, match="out of range"):
+            check_raw_track({"event": "X", "userId": "u", "timestamp": value})
+
+
+def test_raw_identifiers_of_every_shape() -> None:
+    builder = RowBuilder()
+    events = [
+        {"event": "A", "user_id": 42, "anonymous_id": "a", "messageId": 7},
+        {"event": "B", "userId": "", "user_id": "u2", "anonymousId": 3.5},
+        {"event": "C", "anonymousId": "a3", "time": 1768471200000, "plan": None},
+    ]
+    for offset, event in enumerate(events):
+        builder.add(_env(event), "log", 1, offset)
+    rows = builder.tables()[0].to_pylist()
+    assert [(r["user_id"], r["anonymous_id"], r["event_id"]) for r in rows] == [
+        ("42", "a", "7"), ("u2", "3.5", "hw-log-1-1"), (None, "a3", "hw-log-1-2"),
+    ]  # fmt: skip
+    assert rows[2]["timestamp"] == utc(2026, 1, 15, 10) and orjson.loads(rows[2]["properties"]) == {"plan": None}
+    assert rows[0]["properties"] is None
+
+
+def test_mixed_rows_keep_their_columns_aligned() -> None:
+    """Lolscale rows leave six columns to defaults filled in at tables(): Segment rows between them
+    keep their own values at their own row (callers refer to rows by index)."""
+    builder = RowBuilder()
+    builder.add(_env({"event": "A", "userId": "u"}), "log", 0, 0)
+    builder.add(_env({"type": "group", "userId": "u", "groupId": "g", "traits": {"n": 1}}, "group"), "log", 0, 1)
+    builder.add({"m": {"src": "s", "ep": "track-raw", "ra": 0}, "q": "bad", "raw": "x"}, "log", 0, 2)
+    builder.add(_env({"event": "B", "userId": "v"}), "other-log", 3, 3)
+    builder.add(
+        _env({"type": "alias", "userId": "u", "previousId": "p"}, "alias", sa="2026-01-15T10:00:00Z"), "log", 0, 4
+    )
+    events, quarantine = builder.tables()
+    assert builder.event_count == 4 and quarantine.num_rows == 1
+    got = [
+        (r["type"], r["event"], r["group_id"], r["previous_id"], r["traits"], r["event_id"]) for r in events.to_pylist()
+    ]
+    assert got == [
+        ("track", "A", None, None, None, "hw-log-0-0"),
+        ("group", None, "g", None, '{"n":1}', "hw-log-0-1"),
+        ("track", "B", None, None, None, "hw-other-log-3-3"),
+        ("alias", None, None, "p", None, "hw-log-0-4"),
+    ]
+    assert [r["sent_at"] for r in events.to_pylist()] == [None, None, None, utc(2026, 1, 15, 10)]
+    assert events.schema == EVENTS_SCHEMA

@@ -176,3 +176,29 @@ def test_idle_groups_stop_holding_back_retention(tmp_path: Path) -> None:
         sqlite_log.GROUP_EXPIRY_MS = saved
     assert drain(log.consumer("probe2")) == []
     producer.close()
+
+
+def test_reads_start_inside_a_batch_and_keep_keys_and_times(tmp_path: Path) -> None:
+    log = open_log(tmp_path, partitions=1)
+    producer = log.producer()
+    producer.append([(b"k", b"a"), (None, b"b"), (b"", b"c")]).result()
+    producer.append([(b"k", b"d")]).result()
+    producer.close()
+    consumer = log.consumer("g")
+    consumer.seek(0, 1)
+    records = drain(consumer)
+    assert [(r.offset, r.key, r.value) for r in records] == [(1, None, b"b"), (2, b"", b"c"), (3, b"k", b"d")]
+    assert all(r.partition == 0 and r.timestamp_ms > 0 and type(r).__name__ == "Record" for r in records)
+    assert records[0]._asdict()["value"] == b"b"
+
+
+def test_duplicates_are_dropped_and_the_rest_spread_over_partitions(tmp_path: Path) -> None:
+    log = open_log(tmp_path, partitions=3)
+    producer = log.producer()
+    first = producer.append([(b"u1", b"1"), (None, b"2")], [("s", "m1"), None]).result()
+    again = producer.append([(b"u1", b"1"), (b"u2", b"3"), (None, b"4")], [("s", "m1"), ("s", "m2"), None]).result()
+    producer.close()
+    assert (first.written, first.duplicates) == (2, [])
+    assert (again.written, again.duplicates) == (2, [0])
+    values = sorted(r.value for r in drain(log.consumer("g")))
+    assert values == [b"1", b"2", b"3", b"4"]

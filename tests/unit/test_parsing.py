@@ -115,3 +115,21 @@ def test_gzip_roundtrip_and_bomb_refused() -> None:
     with pytest.raises(CollectorError) as info:
         decompress(data, "br", 100)
     assert info.value.status == 415
+
+
+def test_ndjson_rejections_are_quarantined_in_line_order() -> None:
+    body = b"\n".join(
+        [
+            b'{"event":"A","userId":"u","timestamp":"0001-01-01T00:00:00+01:00"}',
+            b"{" + b" " * 300 + b"}",
+            b'{"event":"B","userId":"u","dateTime":"2026-01-15 10:00:00"}',
+            b"[1]",
+        ]
+    )
+    out = parser(max_event_bytes=256).parse_track(body)
+    assert out.valid == 1
+    assert [(r["line"], r["error"][:20]) for r in out.rejected] == [
+        (1, "timestamp: '0001-01-"), (2, "event is 302 bytes; "), (4, "expected a JSON obje"),
+    ]  # fmt: skip
+    assert [q["q"][:9] for q in values(out.quarantine)] == ["timestamp", "event is ", "expected "]
+    assert values(out.records)[0]["e"]["event"] == "B"

@@ -113,7 +113,6 @@ class BatchParser:
         stripped = body.strip()
         if not stripped:
             raise CollectorError("empty body: send newline-delimited JSON events", 400)
-        items: list[tuple[dict[str, Any], bytes | None, Any]] = []
         array = None
         if stripped[:1] == b"[":
             try:
@@ -123,45 +122,58 @@ class BatchParser:
         if isinstance(array, list):
             self._check_count(len(array))
             for index, obj in enumerate(array):
-                items.append(({"index": index}, None, obj))
-        else:
-            lines = stripped.split(b"\n")
-            single = None
-            if stripped[:1] == b"{" and len(lines) > 1:
-                try:
-                    single = orjson.loads(stripped)  # one pretty-printed object
-                except orjson.JSONDecodeError:
-                    single = None
+                self._track_item({"index": index}, obj, None, meta)
+            return self.out
+        lines = stripped.split(b"\n")
+        if len(lines) > 1 and stripped[:1] == b"{":
+            try:  # one pretty-printed object
+                single = orjson.loads(stripped)
+            except orjson.JSONDecodeError:
+                single = None
             if single is not None:
-                items.append(({"line": 1}, None, single))
-            else:
-                self._check_count(len(lines))
-                for number, line in enumerate(lines, start=1):
-                    line = line.strip()
-                    if not line:
-                        continue
-                    if len(line) > self.limits.max_event_bytes:
-                        self._reject({"line": number}, self._too_big(len(line)), line, meta)
-                        continue
-                    try:
-                        obj = orjson.loads(line)
-                    except orjson.JSONDecodeError as exc:
-                        self._reject({"line": number}, f"invalid JSON: {exc}", line, meta)
-                        continue
-                    items.append(({"line": number}, line, obj))
-        for where, raw, obj in items:
-            raw_bytes = raw if raw is not None else orjson.dumps(obj)
-            if raw is None and len(raw_bytes) > self.limits.max_event_bytes:
-                self._reject(where, self._too_big(len(raw_bytes)), raw_bytes, meta)
+                self._track_item({"line": 1}, single, None, meta)
+                return self.out
+        self._check_count(len(lines))
+        self._track_lines(lines, meta)
+        self.out.rejected.sort(key=lambda item: item.get("line", 0))
+        return self.out
+
+    def _track_lines(self, lines: list[bytes], meta: bytes) -> None:
+        """The NDJSON hot loop: one orjson.loads and one check per line, the envelope built inline."""
+        max_bytes = self.limits.max_event_bytes
+        loads, check, source = orjson.loads, check_raw_track, self.source
+        prefix = b'{"m":' + meta + b',"e":'
+        append_record, append_idem = self.out.records.append, self.out.idempotency.append
+        for number, line in enumerate(lines, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            if len(line) > max_bytes:
+                self._reject({"line": number}, self._too_big(len(line)), line, meta)
                 continue
             try:
-                key, message_id = check_raw_track(obj)
-            except InvalidEvent as exc:
-                self._reject(where, str(exc), raw_bytes, meta)
+                obj = loads(line)
+                key, message_id = check(obj)
+            except orjson.JSONDecodeError as exc:
+                self._reject({"line": number}, f"invalid JSON: {exc}", line, meta)
                 continue
-            self._accept(key, message_id, raw_bytes, meta)
-        self.out.rejected.sort(key=lambda item: item.get("line", item.get("index", 0)))
-        return self.out
+            except InvalidEvent as exc:
+                self._reject({"line": number}, str(exc), line, meta)
+                continue
+            append_record((key.encode(), prefix + line + b"}"))
+            append_idem((source, message_id) if message_id else None)
+
+    def _track_item(self, where: dict[str, Any], obj: Any, raw: bytes | None, meta: bytes) -> None:
+        raw_bytes = raw if raw is not None else orjson.dumps(obj)
+        if raw is None and len(raw_bytes) > self.limits.max_event_bytes:
+            self._reject(where, self._too_big(len(raw_bytes)), raw_bytes, meta)
+            return
+        try:
+            key, message_id = check_raw_track(obj)
+        except InvalidEvent as exc:
+            self._reject(where, str(exc), raw_bytes, meta)
+            return
+        self._accept(key, message_id, raw_bytes, meta)
 
     def _too_big(self, size: int) -> str:
         return f"event is {size} bytes; the limit is {self.limits.max_event_bytes}"

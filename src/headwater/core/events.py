@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -68,6 +68,13 @@ class InvalidEvent(ValueError):
     """One event is invalid; the message names the field and the problem."""
 
 
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_MIN_US = (datetime.min - _EPOCH) // _MICRO
+_MAX_US = (datetime.max - _EPOCH) // _MICRO
+
+
 def parse_time(value: Any, field: str) -> datetime:
     """ISO-8601 / 'YYYY-MM-DD HH:MM:SS' (UTC when no offset) / epoch seconds or milliseconds."""
     if isinstance(value, str):
@@ -75,9 +82,10 @@ def parse_time(value: Any, field: str) -> datetime:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise InvalidEvent(f"{field}: {value[:40]!r} is not an ISO-8601 date-time") from None
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        try:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:
+            raise InvalidEvent(f"{field}: {value[:40]!r} is out of range for a timestamp") from None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = value / 1000 if abs(value) >= 1e11 else value
         try:
@@ -85,6 +93,37 @@ def parse_time(value: Any, field: str) -> datetime:
         except (OverflowError, OSError, ValueError):
             raise InvalidEvent(f"{field}: {value} is out of range for a timestamp") from None
     raise InvalidEvent(f"{field}: expected a date-time string or epoch number, got {type(value).__name__}")
+
+
+def time_micros(value: Any, field: str) -> int:
+    """parse_time() as microseconds since the epoch, UTC: what the lake stores, without a datetime.
+
+    Strings skip parse_time's `replace(tzinfo=UTC)`, which costs six times the parse itself.
+    """
+    if value.__class__ is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent(f"{field}: {value[:40]!r} is not an ISO-8601 date-time") from None
+        delta = parsed - (_EPOCH if parsed.tzinfo is None else _EPOCH_UTC)
+    else:
+        delta = parse_time(value, field) - _EPOCH_UTC
+    micros: int = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not _MIN_US <= micros <= _MAX_US:
+        raise InvalidEvent(f"{field}: {value!r:.40} is out of range for a timestamp")
+    return micros
+
+
+def check_time(value: Any, field: str) -> None:
+    """Raise InvalidEvent unless parse_time() accepts `value` (cheaper: builds no UTC datetime)."""
+    if value.__class__ is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent(f"{field}: {value[:40]!r} is not an ISO-8601 date-time") from None
+        if parsed.tzinfo is None:
+            return
+    time_micros(value, field)
 
 
 def _ident(obj: dict[str, Any], *names: str) -> str | None:
@@ -115,16 +154,23 @@ def check_raw_track(obj: Any) -> tuple[str, str | None]:
     """Validate one lolscale `/track` event; return (partition key, messageId)."""
     if not isinstance(obj, dict):
         raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}")
-    event = obj.get("event")
+    get = obj.get
+    event = get("event")
     if not isinstance(event, str) or not event:
         raise InvalidEvent("event: required, a non-empty string")
-    key = _ident(obj, "userId", "user_id") or _ident(obj, "anonymousId", "anonymous_id")
-    if key is None:
-        raise InvalidEvent("userId: required (or anonymousId)")
+    key = get("userId")
+    if key.__class__ is not str or not key:  # the common case is a string userId: checked first
+        key = _ident(obj, "userId", "user_id") or _ident(obj, "anonymousId", "anonymous_id")
+        if key is None:
+            raise InvalidEvent("userId: required (or anonymousId)")
     for field in ("timestamp", "dateTime", "time"):
-        if obj.get(field) is not None:
-            parse_time(obj[field], field)
+        value = get(field)
+        if value is not None:
+            check_time(value, field)
             break
+    message_id = get("messageId")
+    if message_id is None or (message_id.__class__ is str and message_id):
+        return key, message_id
     return key, message_id_of(obj)
 
 
@@ -158,7 +204,7 @@ def check_segment(obj: Any, endpoint_type: str | None) -> tuple[str, str | None]
             raise InvalidEvent(f"{field}: expected an object, got {type(value).__name__}")
     for field in ("timestamp", "originalTimestamp", "sentAt"):
         if obj.get(field) is not None:
-            parse_time(obj[field], field)
+            check_time(obj[field], field)
     return key, message_id_of(obj)
 
 
@@ -176,43 +222,59 @@ def event_id_for(log_id: str, partition: int, offset: int) -> str:
 class RowBuilder:
     """Accumulates normalised rows column by column (cheaper than a dict per row).
 
-    This is the lake writer's per-event hot loop, so it avoids per-row allocations where it can:
-    columns are plain lists, receive times and event times are parsed once per distinct value.
+    This is the lake writer's per-event hot loop (about a microsecond per lolscale event), so:
+    - the eight columns every row sets are plain lists appended through bound methods;
+    - the six that a lolscale `/track` row leaves at a constant (`type`, `group_id`, `previous_id`,
+      `sent_at`, `context`, `traits`) are sparse {row: value} and filled in by tables();
+    - times are kept as microseconds since the epoch (Arrow converts ints far faster than
+      datetimes), event times are parsed once per distinct value.
+    Rows keep their insertion order: callers refer to rows by index (`event_count` before add()).
     """
 
     def __init__(self) -> None:
-        self.events: dict[str, list[Any]] = {f.name: [] for f in EVENTS_SCHEMA}
+        self._rows = 0
+        self._dense: tuple[list[Any], ...] = tuple([] for _ in _DENSE)
+        self._sparse: dict[str, dict[int, Any]] = {name: {} for name in _SPARSE}
+        (
+            self._event_id, self._event, self._user_id, self._anonymous_id,
+            self._timestamp, self._received_at, self._source, self._properties,
+        ) = (column.append for column in self._dense)  # fmt: skip
         self.quarantine: dict[str, list[Any]] = {f.name: [] for f in QUARANTINE_SCHEMA}
-        self._columns = tuple(self.events[f.name] for f in EVENTS_SCHEMA)
-        self._received: dict[int, datetime] = {}
-        self._times: dict[Any, datetime] = {}
+        self._times: dict[Any, int] = {}
+        self._ids: dict[int, str] = {}
+        self._ids_log: str | None = None
 
     @property
     def event_count(self) -> int:
-        return len(self.events["event_id"])
+        return self._rows
 
     @property
     def quarantine_count(self) -> int:
         return len(self.quarantine["raw"])
 
-    def _received_at(self, ms: int) -> datetime:
-        received = self._received.get(ms)
-        if received is None:
-            received = self._received[ms] = datetime.fromtimestamp(ms / 1000, tz=UTC)
-        return received
-
-    def _time(self, value: Any, field: str) -> datetime:
-        key = value if isinstance(value, str) else (type(value), value)
+    def _time(self, value: Any, field: str) -> int:
+        key = value if value.__class__ is str else (type(value), value)
         parsed = self._times.get(key)
         if parsed is None:
             if len(self._times) > 200_000:
                 self._times.clear()
-            parsed = self._times[key] = parse_time(value, field)
+            parsed = self._times[key] = time_micros(value, field)
         return parsed
+
+    def _id_prefix(self, log_id: str, partition: int) -> str:
+        """event_id_for() without the offset; cached per partition for the last log_id seen."""
+        if log_id is not self._ids_log:
+            self._ids_log, self._ids = log_id, {}
+        prefix = self._ids[partition] = event_id_for(log_id, partition, 0)[:-1]
+        return prefix
+
+    def _event_id_for(self, log_id: str, partition: int, offset: int) -> str:
+        prefix = self._ids.get(partition) if log_id is self._ids_log else None
+        return (prefix or self._id_prefix(log_id, partition)) + str(offset)
 
     def add(self, envelope: dict[str, Any], log_id: str, partition: int, offset: int) -> None:
         meta = envelope["m"]
-        received = self._received_at(meta["ra"])
+        received = meta["ra"] * 1000
         if "q" in envelope:
             self.add_quarantine(received, meta, envelope["q"], envelope["raw"], partition, offset)
             return
@@ -222,14 +284,14 @@ class RowBuilder:
                 self._add_raw(obj, meta, received, log_id, partition, offset)
             else:
                 self._add_segment(obj, meta, received, log_id, partition, offset)
-        except (InvalidEvent, TypeError, ValueError) as exc:  # validated already; belt and braces
+        except (InvalidEvent, TypeError, ValueError, AttributeError) as exc:  # validated already
             self.add_quarantine(received, meta, f"normalisation failed: {exc}", _dumps(obj) or "", partition, offset)
 
     def add_quarantine(
-        self, received: datetime, meta: dict[str, Any], reason: str, raw: str, partition: int, offset: int
+        self, received_us: int, meta: dict[str, Any], reason: str, raw: str, partition: int, offset: int
     ) -> None:
         q = self.quarantine
-        q["received_at"].append(received)
+        q["received_at"].append(received_us)
         q["source"].append(meta["src"])
         q["endpoint"].append(meta["ep"])
         q["reason"].append(reason)
@@ -237,64 +299,55 @@ class RowBuilder:
         q["log_partition"].append(partition)
         q["log_offset"].append(offset)
 
-    def _append(
-        self, event_id: str, etype: str, event: str | None, user_id: str | None, anonymous_id: str | None,
-        group_id: str | None, previous_id: str | None, timestamp: datetime, received_at: datetime,
-        sent_at: datetime | None, source: str, properties: str | None, context: str | None, traits: str | None,
-    ) -> None:  # fmt: skip
-        c = self._columns  # same order as EVENTS_SCHEMA
-        c[0].append(event_id)
-        c[1].append(etype)
-        c[2].append(event)
-        c[3].append(user_id)
-        c[4].append(anonymous_id)
-        c[5].append(group_id)
-        c[6].append(previous_id)
-        c[7].append(timestamp)
-        c[8].append(received_at)
-        c[9].append(sent_at)
-        c[10].append(source)
-        c[11].append(properties)
-        c[12].append(context)
-        c[13].append(traits)
-
     def _add_raw(
-        self, obj: dict[str, Any], meta: dict[str, Any], received: datetime, log_id: str, partition: int, offset: int
+        self, obj: dict[str, Any], meta: dict[str, Any], received: int, log_id: str, partition: int, offset: int
     ) -> None:
+        # the fast paths test for the common shape first (string values, absent fields) and fall
+        # back to the general helpers; every branch gives what _ident / message_id_of would
+        get = obj.get
+        event = obj["event"]
+        if event.__class__ is not str:
+            raise InvalidEvent("event: required, a non-empty string")
         ts = received
         for field in ("timestamp", "dateTime", "time"):
-            value = obj.get(field)
+            value = get(field)
             if value is not None:
-                ts = self._time(value, field)
+                cached = self._times.get(value) if value.__class__ is str else None
+                ts = self._time(value, field) if cached is None else cached
                 break
-        extra = obj.keys() - RAW_MAPPED
-        props = _dumps({k: obj[k] for k in obj if k in extra}) if extra else None
-        message_id = obj.get("messageId")
-        user_id = obj.get("userId", obj.get("user_id"))
-        anonymous_id = obj.get("anonymousId", obj.get("anonymous_id"))
-        self._append(
-            message_id
-            if isinstance(message_id, str) and message_id
-            else (message_id_of(obj) or event_id_for(log_id, partition, offset)),
-            "track",
-            obj["event"],
-            user_id if isinstance(user_id, str) and user_id else _ident(obj, "userId", "user_id"),
-            anonymous_id
-            if isinstance(anonymous_id, str) and anonymous_id
-            else _ident(obj, "anonymousId", "anonymous_id"),
-            None,
-            None,
-            ts,
-            received,
-            None,
-            meta["src"],
-            props,
-            None,
-            None,
-        )
+        message_id = get("messageId")
+        if message_id is None:
+            prefix = self._ids.get(partition) if log_id is self._ids_log else None
+            message_id = (prefix or self._id_prefix(log_id, partition)) + str(offset)
+        elif message_id.__class__ is not str or not message_id:
+            message_id = message_id_of(obj) or self._event_id_for(log_id, partition, offset)
+        user_id = get("userId")
+        if user_id is None:
+            user_id = get("user_id")
+        if user_id is not None and (user_id.__class__ is not str or not user_id):
+            user_id = _ident(obj, "userId", "user_id")
+        anonymous_id = get("anonymousId")
+        if anonymous_id is None:
+            anonymous_id = get("anonymous_id")
+        if anonymous_id is not None and (anonymous_id.__class__ is not str or not anonymous_id):
+            anonymous_id = _ident(obj, "anonymousId", "anonymous_id")
+        if RAW_MAPPED.issuperset(obj):
+            properties = None
+        else:
+            properties = _dumps({k: v for k, v in obj.items() if k not in RAW_MAPPED})
+        # everything that can fail is done: append (a row is added whole or not at all)
+        self._event_id(message_id)
+        self._event(event)
+        self._user_id(user_id)
+        self._anonymous_id(anonymous_id)
+        self._timestamp(ts)
+        self._received_at(received)
+        self._source(meta["src"])
+        self._properties(properties)
+        self._rows += 1
 
     def _add_segment(
-        self, obj: dict[str, Any], meta: dict[str, Any], received: datetime, log_id: str, partition: int, offset: int
+        self, obj: dict[str, Any], meta: dict[str, Any], received: int, log_id: str, partition: int, offset: int
     ) -> None:
         etype = obj.get("type") or meta["ep"]
         original = obj.get("timestamp", obj.get("originalTimestamp"))
@@ -314,25 +367,53 @@ class RowBuilder:
         if extra:
             context = {**(context or {}), **extra}
         event = obj.get("event") if etype == "track" else obj.get("name")
-        self._append(
-            message_id_of(obj) or event_id_for(log_id, partition, offset),
-            etype,
-            event if isinstance(event, str) else None,
-            _ident(obj, "userId"),
-            _ident(obj, "anonymousId"),
-            _ident(obj, "groupId"),
-            _ident(obj, "previousId"),
-            ts,
-            received,
-            sent,
-            meta["src"],
-            _dumps(obj.get("properties")),
-            _dumps(context),
-            _dumps(obj.get("traits")),
-        )
+        event_id = message_id_of(obj) or self._event_id_for(log_id, partition, offset)
+        user_id, anonymous_id = _ident(obj, "userId"), _ident(obj, "anonymousId")
+        group_id, previous_id = _ident(obj, "groupId"), _ident(obj, "previousId")
+        properties, context_text, traits = _dumps(obj.get("properties")), _dumps(context), _dumps(obj.get("traits"))
+        row = self._rows
+        self._event_id(event_id)
+        self._event(event if isinstance(event, str) else None)
+        self._user_id(user_id)
+        self._anonymous_id(anonymous_id)
+        self._timestamp(ts)
+        self._received_at(received)
+        self._source(meta["src"])
+        self._properties(properties)
+        sparse = self._sparse
+        if etype != "track":
+            sparse["type"][row] = etype
+        for name, value in (
+            ("group_id", group_id), ("previous_id", previous_id), ("sent_at", sent),
+            ("context", context_text), ("traits", traits),
+        ):  # fmt: skip
+            if value is not None:
+                sparse[name][row] = value
+        self._rows += 1
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
+        columns: dict[str, Any] = dict(zip(_DENSE, self._dense, strict=True))
+        for name, values in self._sparse.items():
+            column: list[Any] = [_SPARSE[name]] * self._rows
+            for row, value in values.items():
+                column[row] = value
+            columns[name] = column
+        arrays = [
+            pa.array(columns[f.name], type=pa.int64()).cast(TS) if f.type == TS else pa.array(columns[f.name], f.type)
+            for f in EVENTS_SCHEMA
+        ]
+        q = self.quarantine
+        quarantine = [
+            pa.array(q[f.name], type=pa.int64()).cast(TS) if f.type == TS else pa.array(q[f.name], f.type)
+            for f in QUARANTINE_SCHEMA
+        ]
         return (
-            pa.Table.from_pydict(self.events, schema=EVENTS_SCHEMA),
-            pa.Table.from_pydict(self.quarantine, schema=QUARANTINE_SCHEMA),
+            pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA),
+            pa.Table.from_arrays(quarantine, schema=QUARANTINE_SCHEMA),
         )
+
+
+_DENSE = ("event_id", "event", "user_id", "anonymous_id", "timestamp", "received_at", "source", "properties")
+_SPARSE: dict[str, Any] = {
+    "type": "track", "group_id": None, "previous_id": None, "sent_at": None, "context": None, "traits": None,
+}  # fmt: skip

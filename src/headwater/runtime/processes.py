@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -58,6 +59,18 @@ def serve(settings: Settings, port_file: Path | None = None) -> None:
     _supervise_workers(children)
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections in a long-running hot loop.
+
+    The collector and the lake writer allocate millions of short-lived containers (parsed events,
+    log Records); with Python's default threshold (700) the young generation is collected every
+    few hundred events and long-lived objects are traversed again and again: about a quarter of
+    the lake writer's CPU. Objects alive after start-up are frozen (never traversed again).
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -74,8 +87,10 @@ def _bind(host: str, port: int) -> socket.socket:
 def _serve_on(settings: Settings, sock: socket.socket) -> None:
     from headwater.api.app import build_app
 
+    app = build_app(settings)
+    tune_gc()
     config = uvicorn.Config(
-        build_app(settings),
+        app,
         loop="uvloop",
         http="httptools",
         log_level="warning",
@@ -128,6 +143,7 @@ def run_writer(settings: Settings) -> None:
     event_log = open_log(settings)
     consumer = event_log.consumer(GROUP)
     writer = LakeWriter(settings, consumer, event_log)
+    tune_gc()
     log.info(
         "lake writer started on the %s log (flush %d events / %d ms)",
         event_log.backend,
