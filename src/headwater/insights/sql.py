@@ -182,8 +182,16 @@ def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
             if q.order == "strict":  # the very next event of the person must be this step
                 nxt = f"(SELECT CASE WHEN arg_min(e.s{i}, (e.ts, e.event_id)) THEN min(e.ts) END FROM e "
                 nxt += f"WHERE e.person = a.person AND {after})"
-            else:  # the earliest matching event after the previous step
-                nxt = f"(SELECT min(e.ts) FROM e WHERE e.person = a.person AND e.s{i} AND {after})"
+            else:  # the earliest matching event after the previous step: an ASOF join, O(n log n) per step
+                # where a correlated subquery is quadratic in one person's events (measured: bench/queries.py);
+                # DuckDB 1.5 matches a NULL left key in an ASOF join, hence the IS NOT NULL
+                ctes.append(f"e{i} AS (SELECT person, ts FROM e WHERE s{i})")
+                ctes.append(
+                    f"a{i} AS (SELECT a.*, CASE WHEN a.t{i - 1} IS NOT NULL AND x.ts <= a.t0 + {window} "
+                    f"THEN x.ts END AS t{i} "
+                    f"FROM a{i - 1} a ASOF LEFT JOIN e{i} x ON a.person = x.person AND a.t{i - 1} < x.ts)"
+                )
+                continue
             ctes.append(
                 f"a{i} AS (SELECT a.*, CASE WHEN a.t{i - 1} IS NOT NULL THEN {nxt} END AS t{i} FROM a{i - 1} a)"
             )
