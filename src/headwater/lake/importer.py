@@ -175,6 +175,7 @@ class Importer:
     def __init__(self, settings: Settings, source: str = "import", workers: int | None = None) -> None:
         self.settings = settings
         self.workers = workers or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
         self.source = source
         self.catalog = open_catalog(settings)
         self.tables = ensure_tables(self.catalog)
@@ -239,17 +240,18 @@ class Importer:
             for job in itertools.chain([first], [second] if second else [], jobs):
                 yield job, normalise_block(job)
             return
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
-            window: collections.deque[tuple[BlockJob, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
-            for job in itertools.chain([first, second], jobs):
-                window.append((job, pool.submit(normalise_block, job)))
-                if len(window) >= 2 * self.workers:
-                    done_job, future = window.popleft()
-                    yield done_job, future.result()
-            while window:
+        if self._pool is None:  # one pool for every file of this importer (starting one costs seconds)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = self._pool
+        window: collections.deque[tuple[BlockJob, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
+        for job in itertools.chain([first, second], jobs):
+            window.append((job, pool.submit(normalise_block, job)))
+            if len(window) >= 2 * self.workers:
                 done_job, future = window.popleft()
                 yield done_job, future.result()
+        while window:
+            done_job, future = window.popleft()
+            yield done_job, future.result()
 
     def _commit(self, parts: list[tuple[pa.Table, pa.Table]], key: str, rows_done: int, counts: dict[str, int]) -> None:
         events = pa.concat_tables([p[0] for p in parts])
@@ -290,4 +292,7 @@ class Importer:
         return done
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self.engine.dispose()
