@@ -66,6 +66,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench
 
 bench: install services  ## benchmarks; JSON on stdout, a copy in bench/results/
+	$(UV) sync --frozen --quiet --group bench  # chdb: ClickHouse in-process, the peer in bench/queries.py
 	bash bench/run.sh
 
 clean:

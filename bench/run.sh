@@ -9,10 +9,9 @@ $PY -m bench.ingest --duration "${BENCH_DURATION:-20}"
 $PY -m bench.freshness
 $PY -m bench.kafka  # Kafka + PostgreSQL + S3 (needs Java and PostgreSQL 15: make services); BENCH_SECONDS or BENCH_DURATION
 $PY -m bench.s3_query  # the seed queries on an S3 warehouse (s3proxy): DuckDB httpfs vs pyarrow, local disk as reference
+# the seed's queries and the insights: Headwater vs DuckDB and chdb over plain Parquet (200 M: a year, 1 M people)
 $PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --keep
-$PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --users 100000 --keep
 $PY -m bench.importer
 $PY -m bench.maintenance
-$PY -m bench.insights
 $PY -m bench.processing  # stream processors: records/s through the runner and TestDriver, HTTP ack -> output latency, state lookups
 $PY -m bench.quix_compare  # Headwater processors vs Quix Streams on one Kafka broker (own venv .tools/quix-venv); BENCH_QUIX_RECORDS, BENCH_QUIX_REPEATS
