@@ -262,13 +262,7 @@ def _shape_retention(query: RetentionQuery, records: list[dict[str, Any]]) -> di
 
 
 def _period_start(cohort_iso: str, n: int, period: str) -> datetime:
-    start = datetime.fromisoformat(cohort_iso)
-    if period == "day":
-        return start + timedelta(days=n)
-    if period == "week":
-        return start + timedelta(weeks=n)
-    month = start.month - 1 + n
-    return start.replace(year=start.year + month // 12, month=month % 12 + 1)
+    return from_rollups.shift(datetime.fromisoformat(cohort_iso), n, period)
 
 
 def experiment_result(query: ExperimentQuery, counts: list[tuple[str, int, int]]) -> dict[str, Any]:

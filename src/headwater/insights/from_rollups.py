@@ -46,6 +46,7 @@ def truncate(day: int, unit: str) -> datetime:
 
 
 def shift(start: datetime, n: int, unit: str) -> datetime:
+    """The start of the period `n` periods after the one starting at `start`."""
     if unit == "day":
         return start + timedelta(days=n)
     if unit == "week":
