@@ -132,6 +132,11 @@ def test_fast_answers_equal_the_raw_scan(lake: Any, sql: str, path: str) -> None
         "SELECT count(*) FROM events WHERE user_id = 'u3'",
         "SELECT CAST(timestamp AS DATE) d, count(*) FROM events GROUP BY d HAVING count(*) > 5 ORDER BY d",
         "SELECT count(*) FROM (SELECT * FROM events)",
+        "SELECT hour(timestamp) AS h, min(timestamp) FROM events GROUP BY h ORDER BY h",  # bounds are per day
+        "SELECT year(timestamp) AS anonymous_id, count(*) c FROM events GROUP BY anonymous_id, year(timestamp) "
+        "ORDER BY 1, 2",  # GROUP BY names the column, not the alias
+        "SELECT count(*) FROM events USING SAMPLE 10 ROWS",
+        "SELECT count(*) FROM events WHERE random() < 2",  # per row, not per bucket
     ],
 )
 def test_other_shapes_fall_back_to_the_raw_data(lake: Any, sql: str) -> None:

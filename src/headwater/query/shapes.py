@@ -29,6 +29,19 @@ DAY_FUNCTIONS = (
     exp.Quarter, exp.Week, exp.WeekOfYear, exp.YearOfWeek, exp.YearOfWeekIso,
 )  # fmt: skip
 UNIT_FUNCTIONS = {"date_part", "datepart", "date_trunc", "datetrunc"}
+# evaluated per bucket they would differ from per row (random) or are not part of the data (clocks)
+VOLATILE = (
+    exp.Rand, exp.Randn, exp.Uuid, exp.CurrentTimestamp, exp.CurrentDate, exp.CurrentTime, exp.CurrentDatetime,
+)  # fmt: skip
+VOLATILE_NAMES = frozenset(
+    {"random", "setseed", "uuid", "gen_random_uuid", "uuidv4", "uuidv7", "now", "today", "current_timestamp",
+     "get_current_timestamp", "get_current_time", "nextval", "currval", "current_localtimestamp"}
+)  # fmt: skip
+# the `events` view's fixed columns: a GROUP BY name that is one of them means the column, not an alias
+EVENT_COLUMNS = frozenset(
+    {"event_id", "type", "event", "user_id", "anonymous_id", "group_id", "previous_id", "timestamp", "received_at",
+     "sent_at", "source", "properties", "context", "traits"}
+)  # fmt: skip
 
 
 class Unsupported(Exception):
@@ -131,9 +144,11 @@ def _check_bucket_constant(node: exp.Expression) -> tuple[str, bool]:
     for bad in (exp.Subquery, exp.Window, exp.AggFunc, exp.Select):
         if node.find(bad) is not None:
             raise Unsupported(f"{bad.__name__} in a key or condition")
+    if node.find(*VOLATILE) is not None:
+        raise Unsupported("a volatile function")
     for function in node.find_all(exp.Anonymous):
-        if str(function.this).lower() in ("random", "now", "current_timestamp", "uuid", "gen_random_uuid"):
-            raise Unsupported("volatile function")
+        if str(function.this).lower() in VOLATILE_NAMES:
+            raise Unsupported("a volatile function")
     return grain, uses_event
 
 
@@ -195,12 +210,14 @@ def parse_shape(sql: str) -> Shape:
         raise Unsupported(f"sqlglot: {exc}") from None
     if not isinstance(tree, exp.Select):
         raise Unsupported("not a plain SELECT")
-    for part in ("with_", "joins", "having", "qualify", "distinct", "windows"):
+    for part in ("with_", "joins", "having", "qualify", "distinct", "windows", "sample", "pivots", "laterals"):
         if tree.args.get(part):
             raise Unsupported(f"{part} is not supported")
     source = tree.args.get("from_")
     table = source.this if isinstance(source, exp.From) else None
     if not isinstance(table, exp.Table) or table.name.lower() != "events" or table.args.get("db"):
+        raise Unsupported("not FROM events")
+    if any(table.args.get(part) for part in ("sample", "joins", "pivots", "laterals")):
         raise Unsupported("not FROM events")
     measures, grain, uses_event = [], "day", False
     for index, item in enumerate(tree.expressions):
@@ -226,11 +243,14 @@ def parse_shape(sql: str) -> Shape:
             cond_grain, cond_event = _check_bucket_constant(condition)
             grain = "hour" if cond_grain == "hour" else grain
             uses_event = uses_event or cond_event
+    aliases = {item.alias.lower() for item in tree.expressions if isinstance(item, exp.Alias)}
     group = tree.args.get("group")
     if group is not None:
         for key in group.expressions:
-            if isinstance(key, exp.Column) and not _is_column(key, "timestamp") and not _is_column(key, "event"):
-                continue  # an alias of a SELECT item, checked above
+            name = key.name.lower() if isinstance(key, exp.Column) else ""
+            shredded = name.startswith(("p_", "n_"))  # may be a column of a shredded property
+            if name in aliases and name not in EVENT_COLUMNS and not shredded and not key.table:
+                continue  # an alias of a SELECT item, checked above (a column of that name would win)
             if not isinstance(key, exp.Literal):
                 key_grain, key_event = _check_bucket_constant(key)
                 grain = "hour" if key_grain == "hour" else grain
@@ -242,4 +262,6 @@ def parse_shape(sql: str) -> Shape:
         raise Unsupported("min/max time with people")
     if uses_event and any(m.kind in ("min_time", "max_time") for m in measures):
         raise Unsupported("min/max time per event")
+    if grain == "hour" and any(m.kind in ("min_time", "max_time") for m in measures):
+        raise Unsupported("min/max time per hour")
     return shape
