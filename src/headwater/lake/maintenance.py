@@ -117,7 +117,8 @@ class Maintenance:
             return 0
         table = self.tables[name]
         paths = [task.file.file_path for task in table.scan().plan_files()]
-        missing = [p for p in paths if p not in writer.rollups.created_ms(paths)]
+        have = writer.rollups.created_ms(paths)
+        missing = [p for p in paths if p not in have]
         for path in missing:
             with table.io.new_input(path).open() as stream:
                 rows = pq.read_table(stream)

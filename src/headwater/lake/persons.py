@@ -46,14 +46,8 @@ class PersonKeys:
         create_tables(engine, _METADATA)
         self._cache: dict[str, int] = {}
 
-    def keys_for(self, ids: Iterable[str]) -> dict[str, int]:
-        """The key of every id in `ids` (assigned now for ids never seen)."""
-        wanted = set(ids)
-        self._ensure(wanted)
-        cache = self._cache
-        return {i: cache[i] for i in wanted}
-
     def _ensure(self, ids: Iterable[str]) -> None:
+        """Assign (one round trip) and cache the keys of the ids not cached yet."""
         cache = self._cache
         missing = [i for i in ids if i not in cache]
         if missing:

@@ -162,8 +162,7 @@ class RollupStore:
             else:
                 self._cache.move_to_end(path)
                 found[path] = cached
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
+        for chunk in _chunks(missing):
             with self.engine.connect() as conn:
                 query = sa.select(ROLLUPS.c.file_path, ROLLUPS.c.data).where(ROLLUPS.c.file_path.in_(chunk))
                 for path, data in conn.execute(query):
@@ -179,10 +178,8 @@ class RollupStore:
             self._cached -= dropped.size
 
     def created_ms(self, paths: Iterable[str]) -> dict[str, int]:
-        wanted = list(paths)
         found: dict[str, int] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        for chunk in _chunks(list(paths)):
             with self.engine.connect() as conn:
                 query = sa.select(ROLLUPS.c.file_path, ROLLUPS.c.created_ms).where(ROLLUPS.c.file_path.in_(chunk))
                 found.update({p: int(c) for p, c in conn.execute(query)})
@@ -196,12 +193,17 @@ class RollupStore:
     def delete(self, paths: Iterable[str]) -> int:
         doomed = list(paths)
         deleted = 0
-        for start in range(0, len(doomed), 500):
+        for chunk in _chunks(doomed):
             with self.engine.begin() as conn:
-                result = conn.execute(sa.delete(ROLLUPS).where(ROLLUPS.c.file_path.in_(doomed[start : start + 500])))
+                result = conn.execute(sa.delete(ROLLUPS).where(ROLLUPS.c.file_path.in_(chunk)))
                 deleted += result.rowcount or 0
         for path in doomed:
             dropped = self._cache.pop(path, None)
             if dropped is not None:
                 self._cached -= dropped.size
         return deleted
+
+
+def _chunks(paths: list[str], size: int = 500) -> list[list[str]]:
+    """`paths` in slices small enough for one `IN (...)` list."""
+    return [paths[start : start + size] for start in range(0, len(paths), size)]

@@ -253,12 +253,16 @@ class QueryEngine:
         metrics.QUERY_SECONDS.observe(result.elapsed_ms / 1000)
         return result
 
+    def _events_snapshot(self) -> tuple[list[FileScanTask], str]:
+        """The files the `events` view reads and the table version they belong to."""
+        with self._lock:
+            return self._tasks, self._views.get("events", "")
+
     def _fast(self, sql: str, max_rows: int) -> QueryResult | None:
         """The answer from rollups or metadata when the query has a shape they hold (None: run it raw)."""
         if self.fast is None:
             return None
-        with self._lock:
-            tasks, version = self._tasks, self._views.get("events", "")
+        tasks, version = self._events_snapshot()
         cursor = self._db.cursor()
         try:
             answer = self.fast.answer(cursor, sql, version, tasks, max_rows)
@@ -280,8 +284,7 @@ class QueryEngine:
         if self.fast is None:
             return None
         self._refresh_or_refuse()
-        with self._lock:
-            tasks, version = self._tasks, self._views.get("events", "")
+        tasks, version = self._events_snapshot()
         try:
             return self.fast.buckets(tasks, "day", by_event=True, people=True, events=events, version=version)
         except Unsupported:

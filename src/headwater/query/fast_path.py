@@ -91,8 +91,6 @@ class FastPath:
             self._bound.put((sql, version), bound)
         columns, types = bound
         low, high = self._bounds(cursor, shape)
-        if any(task.delete_files for task in tasks):
-            raise Unsupported("row-level deletes present")
         if shape.needs_metadata_only and shape.grain == "day":
             key = (version, "metadata")
             buckets = self._merged.get(key)
@@ -258,6 +256,8 @@ def _order_sql(shape: Shape) -> str:
 
 def _metadata_buckets(tasks: list[FileScanTask]) -> dict[tuple[int, object], Bucket]:
     """Row counts and time bounds per day partition, from the manifests alone."""
+    if any(task.delete_files for task in tasks):
+        raise Unsupported("row-level deletes present")
     buckets: dict[tuple[int, object], Bucket] = defaultdict(Bucket)
     for task in tasks:
         day = _day_of(task)

@@ -219,17 +219,16 @@ def parse_shape(sql: str) -> Shape:
         raise Unsupported("not FROM events")
     if any(table.args.get(part) for part in ("sample", "joins", "pivots", "laterals")):
         raise Unsupported("not FROM events")
-    measures, grain, uses_event = [], "day", False
+    measures: list[Measure] = []
+    constant: list[exp.Expression] = []  # keys and conditions: each must be constant within a bucket
     for index, item in enumerate(tree.expressions):
         if isinstance(item, exp.Star):
             raise Unsupported("SELECT *")
         kind = _measure(item)
         if kind is not None:
             measures.append(Measure(kind, index))
-            continue
-        item_grain, item_event = _check_bucket_constant(item.this if isinstance(item, exp.Alias) else item)
-        grain = "hour" if item_grain == "hour" else grain
-        uses_event = uses_event or item_event
+        else:
+            constant.append(item.this if isinstance(item, exp.Alias) else item)
     if not measures:
         raise Unsupported("no measure")
     bounds: list[tuple[str, exp.Expression]] = []
@@ -239,29 +238,24 @@ def parse_shape(sql: str) -> Shape:
             bound = _range_bound(condition)
             if bound is not None:
                 bounds.append(bound)
-                continue
-            cond_grain, cond_event = _check_bucket_constant(condition)
-            grain = "hour" if cond_grain == "hour" else grain
-            uses_event = uses_event or cond_event
+            else:
+                constant.append(condition)
     aliases = {item.alias.lower() for item in tree.expressions if isinstance(item, exp.Alias)}
     group = tree.args.get("group")
-    if group is not None:
-        for key in group.expressions:
-            name = key.name.lower() if isinstance(key, exp.Column) else ""
-            shredded = name.startswith(("p_", "n_"))  # may be a column of a shredded property
-            if name in aliases and name not in EVENT_COLUMNS and not shredded and not key.table:
-                continue  # an alias of a SELECT item, checked above (a column of that name would win)
-            if not isinstance(key, exp.Literal):
-                key_grain, key_event = _check_bucket_constant(key)
-                grain = "hour" if key_grain == "hour" else grain
-                uses_event = uses_event or key_event
+    for key in group.expressions if group is not None else []:
+        name = key.name.lower() if isinstance(key, exp.Column) else ""
+        shredded = name.startswith(("p_", "n_"))  # may be a column of a shredded property
+        if name in aliases and name not in EVENT_COLUMNS and not shredded and not key.table:
+            continue  # an alias of a SELECT item, checked above (a column of that name would win)
+        if not isinstance(key, exp.Literal):
+            constant.append(key)
+    checked = [_check_bucket_constant(node) for node in constant]
+    grain = "hour" if any(g == "hour" for g, _ in checked) else "day"
+    uses_event = any(event for _, event in checked)
     shape = Shape(tree, measures, grain, uses_event, bounds)
     if shape.needs_people and grain == "hour":
         raise Unsupported("people per hour are not in rollups")
-    if not uses_event and any(m.kind in ("min_time", "max_time") for m in measures) and shape.needs_people:
-        raise Unsupported("min/max time with people")
-    if uses_event and any(m.kind in ("min_time", "max_time") for m in measures):
-        raise Unsupported("min/max time per event")
-    if grain == "hour" and any(m.kind in ("min_time", "max_time") for m in measures):
-        raise Unsupported("min/max time per hour")
+    timed = any(m.kind in ("min_time", "max_time") for m in measures)
+    if timed and (uses_event or grain == "hour" or shape.needs_people):
+        raise Unsupported("min/max time comes from day partitions over all events, beside counts only")
     return shape
