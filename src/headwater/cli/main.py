@@ -483,9 +483,11 @@ def config_show(
 
 
 @config_app.command("docs")
-def config_docs() -> None:
+def config_docs(
+    sources: Annotated[bool, typer.Option("--sources", help="The fields of a [[sources]] table instead.")] = False,
+) -> None:
     """Print every setting with its default and meaning, as a Markdown table."""
-    sys.stdout.write(settings_markdown())
+    sys.stdout.write(source_settings_markdown() if sources else settings_markdown())
 
 
 def settings_markdown() -> str:
@@ -496,6 +498,25 @@ def settings_markdown() -> str:
         lines.append(f"| `{name}` | `HEADWATER_{name.upper()}` | `{shown}` | {field.description} |")
     return "\n".join(lines) + "\n"
 
+
+def source_settings_markdown() -> str:
+    from headwater.core.source_settings import SourceSettings
+
+    lines = ["| source field | default | meaning |", "|---|---|---|"]
+    for name, field in SourceSettings.model_fields.items():
+        default = "(required)" if field.is_required() else field.get_default(call_default_factory=True)
+        shown = "" if default is None else str(default)
+        lines.append(f"| `{name}` | `{shown}` | {field.description} |")
+    return "\n".join(lines) + "\n"
+
+
+def _register_commands() -> None:
+    from headwater.cli import sources
+
+    sources.register(app)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     app()

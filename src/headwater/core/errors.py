@@ -68,3 +68,15 @@ class SinkError(ProcessingError):
 
 class PermanentSinkError(SinkError):
     """Retrying cannot help (the record or the request is refused): the record goes to the dead letters."""
+
+
+class SourceError(HeadwaterError):
+    """A source (Kafka topic, queue, file drop) is misconfigured or failed."""
+
+
+class SourceUnavailable(SourceError):
+    """The upstream system cannot be reached now; the source reconnects with back-off."""
+
+
+class RecordError(SourceError):
+    """One upstream record cannot be decoded or mapped; it goes to quarantine with this reason."""

@@ -50,3 +50,13 @@ PROCESSOR_CHECKPOINT_SECONDS = Histogram(
 SINK_DELIVERED = Counter("headwater_sink_delivered", "Records delivered to external sinks", ["sink"])
 SINK_RETRIES = Counter("headwater_sink_retries", "Sink batches retried", ["sink"])
 SINK_DEAD_LETTERS = Counter("headwater_sink_dead_letters", "Records a sink gave up on", ["sink"])
+SOURCE_RECORDS = Counter("headwater_source_records", "Records read from a source (before decoding)", ["source"])
+SOURCE_APPENDED = Counter("headwater_source_appended", "Records a source appended to the log", ["source"])
+SOURCE_REJECTED = Counter("headwater_source_rejected", "Source records quarantined", ["source"])
+SOURCE_DUPLICATES = Counter(
+    "headwater_source_duplicates", "Re-delivered source records the log already held", ["source"]
+)
+SOURCE_ERRORS = Counter("headwater_source_errors", "Upstream failures (connection lost, listing failed)", ["source"])
+SOURCE_LAG = Gauge(
+    "headwater_source_lag", "Records (files, for file drops) waiting upstream", ["source"], multiprocess_mode="livemax"
+)

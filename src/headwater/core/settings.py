@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from headwater.core.errors import ConfigError
+from headwater.core.source_settings import SourceSettings
 
 SECRET_FIELDS = frozenset({"catalog_uri", "app_db_uri", "demo_key", "s3_secret_access_key"})
 SECRET_OPTION_WORDS = ("password", "secret", "jaas", "key.pem", "ssl.key", "token")  # in kafka_client_options
@@ -209,9 +210,29 @@ class Settings(BaseSettings):
     )
     processor_max_batch: int = Field(5_000, ge=1, description="Most input records a processor reads at once.")
 
+    # --- sources beyond HTTP
+    sources: list[SourceSettings] = Field(
+        default_factory=list,
+        description="Sources `headwater up` runs (`[[sources]]` tables: Kafka topics, RabbitMQ queues, file "
+        "drops); their fields: `headwater config docs --sources`.",
+    )
+
     # --- demo
     demo_rate: float = Field(50.0, ge=0, description="Events per second sent by `headwater up --demo`.")
     demo_key: str | None = Field(None, description="Admin key printed by `up --demo` (created when absent).")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, value: list[SourceSettings]) -> list[SourceSettings]:
+        names = [s.name for s in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sources: names must be unique; repeated: {', '.join(repeated)}")
+        tables = [s.table for s in value if s.table]
+        shared = sorted({t for t in tables if tables.count(t) > 1})
+        if shared:
+            raise ValueError(f"sources: one source per table; shared: {', '.join(shared)}")
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -244,6 +265,19 @@ class Settings(BaseSettings):
     @property
     def offsets_path(self) -> Path:
         return self.data_dir / "log" / "offsets.db"
+
+    def source(self, name: str) -> SourceSettings:
+        """The configured source `name`."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none configured"
+        raise ConfigError(f"no source named {name!r} in the settings ({known}); add a [[sources]] table")
+
+    @property
+    def sources_dir(self) -> Path:
+        """Status and local state of sources."""
+        return self.data_dir / "sources"
 
     @property
     def processors_dir(self) -> Path:

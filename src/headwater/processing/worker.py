@@ -102,13 +102,13 @@ class ProcessorWorker:
 
     def _table_writers(self, stop: threading.Event) -> None:
         from headwater.lake.tables import open_catalog
-        from headwater.processing.tables import SIDE_SCHEMA, StreamTableWriter
+        from headwater.processing.tables import SIDE_SCHEMA, OutputTableWriter
 
         catalog = open_catalog(self.settings)
         for pipeline in self.pipelines:
             for stream, table in table_streams(pipeline).items():
                 side = table in (LATE_TABLE, ERRORS_TABLE)
-                writer = StreamTableWriter(catalog, self.event_log, stream, table, SIDE_SCHEMA if side else None)
+                writer = OutputTableWriter(catalog, self.event_log, stream, table, SIDE_SCHEMA if side else None)
                 self._spawn(f"table-{table}", writer.run, stop)
 
     def _sinks(self, stop: threading.Event) -> None:

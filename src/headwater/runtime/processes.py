@@ -194,3 +194,20 @@ def run_processors(settings: Settings, specs: list[str], replay: str | None = No
     worker = ProcessorWorker(settings, open_log(settings), pipelines)
     log.info("running %d processor(s): %s", len(pipelines), ", ".join(p.name for p in pipelines))
     worker.run(stop)
+
+
+def run_source(settings: Settings, name: str) -> None:
+    """Run the configured source `name` until SIGTERM/SIGINT, then land what it read and stop."""
+    from headwater.sources.runner import SourceRunner
+
+    source = settings.source(name)
+    setup_logging(settings.log_level, settings.json_logs, f"source:{name}")
+    if os.environ.get("HEADWATER_SUPERVISED") == "1":
+        die_with_parent()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runner = SourceRunner(settings, source, open_log(settings))
+    log.info("source %s (%s, %s) started", name, source.kind, source.format)
+    runner.run(stop)
+    log.info("source %s stopped after %d records", name, runner.status.records_in)

@@ -42,7 +42,9 @@ class Supervisor:
         return env
 
     def _start(self, name: str) -> None:
-        args = [sys.executable, "-m", "headwater.cli.main", name]
+        """Start child `name`: server, writer, process, or `source:<source name>`."""
+        command, _, source = name.partition(":")
+        args = [sys.executable, "-m", "headwater.cli.main", command] + ([source] if source else [])
         if name == "server":
             args += ["--port-file", str(self.port_file)]
         self.procs[name] = subprocess.Popen(args, env=self._env())
@@ -55,6 +57,9 @@ class Supervisor:
         self._start("writer")
         if self.settings.processors:
             self._start("process")
+        for source in self.settings.sources:
+            if source.enabled:
+                self._start(f"source:{source.name}")
         self._start("server")
         deadline = time.monotonic() + 60
         while not self.port_file.exists():
@@ -78,7 +83,8 @@ class Supervisor:
 
     def stop(self) -> None:
         self.stopping.set()
-        for name in ("server", "process", "writer"):  # intake first, then checkpoint, then drain the writer
+        sources = [name for name in self.procs if name.startswith("source:")]
+        for name in [*sources, "server", "process", "writer"]:  # intake first, then checkpoint, then drain
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue

@@ -1,0 +1,332 @@
+"""File drops: a local directory or an S3 prefix, each new file ingested once, resumable mid-file.
+
+Files are taken oldest first; one is read at a time, as a stream (bounded memory, whatever the
+size), and its progress (records acknowledged) is kept in `headwater_source_files`: after a crash
+the file is read again from where the log stopped taking it, and the records in between carry the
+same stable ids (`<file key>:<record number>`), which the log drops as repeats. A file is `done`
+once its last record is acknowledged (then moved to `move_to`, when set). A compressed file is
+checked whole before its first record is read, so a corrupt archive is quarantined whole with the
+reason and nothing of it lands; a file that fails later (a CSV cell that does not convert) keeps
+what was read before and is marked failed at the record that broke it.
+Names starting with `.` or `_`, or ending `.tmp` / `.part`, are being written and are skipped, as are
+local files modified in the last second.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from headwater.core.errors import SourceError, SourceUnavailable
+from headwater.core.settings import Settings
+from headwater.core.source_settings import SourceSettings
+from headwater.sources.base import Delivery
+from headwater.sources.file_store import FileRow, FileStore
+from headwater.sources.formats import decode_json
+
+CHUNK = 1 << 20
+SETTLE_S = 1.0
+_SKIP_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial")
+
+
+@dataclass(slots=True)
+class DroppedFile:
+    path: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> str:
+        """Identifies this version of the file: a file rewritten in place is a new file."""
+        return hashlib.sha1(f"{self.path}|{self.size}|{self.mtime_ns}".encode()).hexdigest()[:24]
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+def open_filesystem(location: str, settings: Settings) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, base path) for a local directory or an s3://bucket/prefix (the s3_* settings)."""
+    if location.startswith("s3://"):
+        endpoint = settings.s3_endpoint
+        options: dict[str, Any] = {"region": settings.s3_region}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        if settings.s3_access_key_id:
+            options.update(access_key=settings.s3_access_key_id, secret_key=settings.s3_secret_access_key)
+        return pafs.S3FileSystem(**options), location.removeprefix("s3://").rstrip("/")
+    from pathlib import Path
+
+    base = Path(location).expanduser().resolve()
+    if not base.is_dir():
+        raise SourceError(f"files source: {base} is not a directory; create it or fix `path`")
+    return pafs.LocalFileSystem(), str(base)
+
+
+def _compression(head: bytes) -> str | None:
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return None
+
+
+class FilesReader:
+    """SourceReader over a directory or prefix (`kind = files`)."""
+
+    def __init__(self, source: SourceSettings, settings: Settings) -> None:
+        self.source = source
+        self.fs, self.base = open_filesystem(source.path, settings)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.store = FileStore(settings.effective_catalog_uri, source.name)
+        self._records: Iterator[Delivery] | None = None
+        self._current: DroppedFile | None = None
+        self._row: FileRow | None = None
+        self._last_index: dict[str, int] = {}  # file key -> index of its last record, once read to the end
+        self._read_bytes = 0
+        self._yielded = -1
+        self._next_scan = 0.0
+        self._pending: list[DroppedFile] = []
+        self._decoder: Any = None
+
+    # --- finding files
+    def scan(self) -> list[DroppedFile]:
+        """Files not taken yet (new, or `reading` when the source stopped), oldest first."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=False))
+        except (OSError, pa.ArrowException) as exc:
+            raise SourceUnavailable(f"cannot list {self.source.path}: {exc}") from exc
+        known = self.store.known()
+        now_ns = time.time_ns()
+        found = []
+        for info in infos:
+            name = info.base_name
+            if info.type != pafs.FileType.File or name.startswith((".", "_")) or name.endswith(_SKIP_SUFFIXES):
+                continue
+            if not fnmatch.fnmatch(name, self.source.pattern):
+                continue
+            mtime_ns = info.mtime_ns or 0
+            if self.local and now_ns - mtime_ns < SETTLE_S * 1e9:
+                continue  # still being written, probably
+            dropped = DroppedFile(info.path, info.size or 0, mtime_ns)
+            if known.get(dropped.key) in (None, "reading"):
+                found.append(dropped)
+        found.sort(key=lambda f: (f.mtime_ns, f.path))
+        return found
+
+    def next_file(self) -> DroppedFile | None:
+        if not self._pending and time.monotonic() >= self._next_scan:
+            self._pending = self.scan()
+            self._next_scan = time.monotonic() + self.source.poll_seconds
+        return self._pending.pop(0) if self._pending else None
+
+    # --- reading
+    def read(self, max_records: int, timeout_s: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout_s
+        while self._records is None:
+            dropped = self.next_file()
+            if dropped is not None:
+                self._open(dropped)
+                break
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        assert self._records is not None and self._current is not None
+        out: list[Delivery] = []
+        for delivery in self._records:
+            out.append(delivery)
+            if delivery.error is None:
+                self._yielded = delivery.token[1]
+            if len(out) >= max_records:
+                return out
+        # the file is read to its end: its last record decides when it is done
+        key = self._current.key
+        last = self._yielded
+        self._last_index[key] = last
+        self._records, self._current = None, None
+        if not out:  # nothing left to acknowledge (empty file, or every record taken before a crash)
+            self._finish(key, last + 1)
+        return out
+
+    def _open(self, dropped: DroppedFile) -> None:
+        self._current = dropped
+        self._row = self.store.start(dropped.key, dropped.path, dropped.size)
+        self._read_bytes = 0
+        self._yielded = self._row.records - 1
+        self._records = self._deliveries(dropped, self._row.records)
+
+    def _deliveries(self, dropped: DroppedFile, skip: int) -> Iterator[Delivery]:
+        now = int(time.time() * 1000)
+        key = dropped.key
+        index = -1
+        try:
+            for index, payload, value in self._file_records(dropped):
+                if index < skip:
+                    continue
+                where = {"where": f"{dropped.name} record {index + 1}"}
+                yield Delivery(payload, f"{key}:{index}", (key, index), value, now, where)
+        except (OSError, pa.ArrowException, SourceError, ValueError, EOFError) as exc:
+            reason = f"file {dropped.name}: {exc}"
+            if index >= 0:
+                reason += f" (after {index + 1} records, which were kept)"
+            yield Delivery(
+                f"file:{dropped.path}".encode(), f"{key}:failed", (key, max(index + 1, skip), "failed"),
+                received_ms=now, error=reason,
+            )  # fmt: skip
+
+    def _stream(self, dropped: DroppedFile) -> pa.NativeFile:
+        raw = self.fs.open_input_stream(dropped.path, compression=None)
+        head = raw.read(4)
+        raw.close()
+        raw = self.fs.open_input_stream(dropped.path, compression=None)
+        codec = _compression(head)
+        if codec is None:
+            return raw
+        check = pa.CompressedInputStream(raw, codec)
+        while check.read(CHUNK * 8):  # a corrupt or truncated archive fails here, before any record
+            pass
+        check.close()
+        return pa.CompressedInputStream(self.fs.open_input_stream(dropped.path, compression=None), codec)
+
+    def _file_records(self, dropped: DroppedFile) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
+        fmt = self.source.format
+        if fmt == "parquet":
+            parquet = pq.ParquetFile(self.fs.open_input_file(dropped.path))
+            index = 0
+            for batch in parquet.iter_batches(batch_size=8_192):
+                self._read_bytes += batch.nbytes
+                for row in batch.to_pylist():
+                    yield index, b"", row
+                    index += 1
+            return
+        stream = self._stream(dropped)
+        try:
+            if fmt == "csv":
+                yield from self._csv(stream)
+            elif fmt == "json":
+                doc = stream.read()
+                self._read_bytes = len(doc)
+                for index, obj in enumerate(decode_json(doc)):
+                    yield index, b"", obj
+            elif fmt == "cobol":
+                yield from self._frames(stream)
+            else:  # ndjson: one record per line; a payload with a bad line is quarantined alone
+                yield from self._lines(stream)
+        finally:
+            stream.close()
+
+    def _lines(self, stream: pa.NativeFile) -> Iterator[tuple[int, bytes, None]]:
+        index = 0
+        tail = b""
+        while True:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                break
+            self._read_bytes += len(chunk)
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                if line.strip():
+                    yield index, line, None
+                    index += 1
+        if tail.strip():
+            yield index, tail, None
+
+    def _csv(self, stream: pa.NativeFile) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
+        bad: list[str] = []
+
+        def invalid(row: Any) -> str:
+            bad.append(f"line {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}")
+            return "skip"
+
+        parse = pa_csv.ParseOptions(delimiter=self.source.csv_delimiter, invalid_row_handler=invalid)
+        reader = pa_csv.open_csv(stream, parse_options=parse, read_options=pa_csv.ReadOptions(block_size=16 << 20))
+        index = 0
+        for batch in reader:
+            self._read_bytes += batch.nbytes
+            for row in batch.to_pylist():
+                yield index, b"", row
+                index += 1
+        if bad:
+            raise SourceError(f"{len(bad)} malformed CSV rows skipped ({'; '.join(bad[:5])})")
+
+    def _frames(self, stream: pa.NativeFile) -> Iterator[tuple[int, bytes, None]]:
+        from headwater.sources.cobol_format import split_frames
+
+        for index, frame in enumerate(split_frames(stream, self.source.cobol)):
+            self._read_bytes += len(frame)
+            yield index, frame, None
+
+    # --- acknowledging
+    def acknowledge(self, deliveries: list[Delivery]) -> None:
+        done: dict[str, int] = {}
+        failed: dict[str, tuple[int, str]] = {}
+        for delivery in deliveries:
+            key, index = delivery.token[0], delivery.token[1]
+            if len(delivery.token) > 2:
+                failed[key] = (index, delivery.error or "failed")
+            else:
+                done[key] = max(done.get(key, 0), index + 1)
+        for key, records in done.items():
+            if key in failed:
+                continue
+            if self._last_index.get(key) == records - 1:
+                self._finish(key, records)
+            else:
+                self.store.update(key, records=records)
+        for key, (records, error) in failed.items():
+            self._last_index.pop(key, None)
+            self.store.update(key, records=records, state="failed", error=error, finished_at=time.time())
+
+    def _finish(self, key: str, records: int) -> None:
+        self._last_index.pop(key, None)
+        self.store.update(key, records=records, state="done", finished_at=time.time())
+        row = self.store.get(key)
+        if self.source.move_to and row is not None:
+            target = self.source.move_to.rstrip("/") + "/" + row.path.rsplit("/", 1)[-1]
+            try:
+                self.fs.create_dir(self.source.move_to.rstrip("/"), recursive=True)
+                self.fs.move(row.path, target)
+            except (OSError, pa.ArrowException) as exc:
+                self.store.update(key, error=f"done, but not moved to {self.source.move_to}: {exc}")
+
+    def showing(self, dropped: DroppedFile | None, read_bytes: int) -> None:
+        """Progress of a file read elsewhere (GRIB files are landed whole by `grib_loader`)."""
+        self._current, self._read_bytes = dropped, read_bytes
+
+    def add_rejected(self, key: str, count: int) -> None:
+        """Count records of a file that went to quarantine (shown on the Sources page)."""
+        row = self.store.get(key)
+        if row is not None:
+            self.store.update(key, rejected=row.rejected + count)
+
+    def lag(self) -> int | None:
+        """Files waiting (a file drop has no record count ahead of time)."""
+        return len(self._pending) + (1 if self._current is not None else 0)
+
+    def progress(self) -> dict[str, Any]:
+        current = None
+        if self._current is not None:
+            current = {
+                "path": self._current.path, "size": self._current.size, "read_bytes": self._read_bytes,
+                "share": round(min(1.0, self._read_bytes / self._current.size), 4) if self._current.size else None,
+            }  # fmt: skip
+        recent = [
+            {"path": r.path, "state": r.state, "records": r.records, "rejected": r.rejected, "error": r.error,
+             "started_at": r.started_at, "finished_at": r.finished_at}
+            for r in self.store.recent(10)
+        ]  # fmt: skip
+        return {"current": current, "files": self.store.counts(), "recent": recent, "waiting": len(self._pending)}
+
+    def close(self) -> None:
+        self.store.close()

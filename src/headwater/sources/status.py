@@ -1,0 +1,104 @@
+"""A source's `status.json` (what the Sources page and `headwater sources` show), written atomically."""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from headwater.core import metrics
+from headwater.core.settings import Settings
+from headwater.core.source_settings import SourceSettings
+
+RECENT_REJECTIONS = 20
+WRITE_EVERY_S = 1.0
+STALE_AFTER_S = 10.0
+
+
+class SourceStatus:
+    """Counters of one running source, flushed to Prometheus and to `<sources_dir>/<name>/status.json`."""
+
+    def __init__(self, settings: Settings, source: SourceSettings) -> None:
+        self.source = source
+        self.path = settings.sources_dir / source.name / "status.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.state = "starting"
+        self.records_in = self.appended = self.rejected = self.duplicates = self.errors = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.lag: int | None = None
+        self.progress: dict[str, Any] = {}
+        self.table_rows: int | None = None
+        self.rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_REJECTIONS)
+        self.started_at = time.time()
+        self._rates: collections.deque[tuple[float, int]] = collections.deque(maxlen=30)
+        self._written = 0.0
+
+    def reject(self, stable_id: str, reason: str, raw: str) -> None:
+        self.rejected += 1
+        metrics.SOURCE_REJECTED.labels(self.source.name).inc()
+        self.rejections.appendleft({"at": time.time(), "id": stable_id, "reason": reason, "raw": raw[:300]})
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        metrics.SOURCE_ERRORS.labels(self.source.name).inc()
+        self.last_error, self.last_error_at = message, time.time()
+
+    def count(self, records_in: int, appended: int, duplicates: int) -> None:
+        name = self.source.name
+        self.records_in += records_in
+        self.appended += appended
+        self.duplicates += duplicates
+        metrics.SOURCE_RECORDS.labels(name).inc(records_in)
+        metrics.SOURCE_APPENDED.labels(name).inc(appended)
+        if duplicates:
+            metrics.SOURCE_DUPLICATES.labels(name).inc(duplicates)
+
+    def rate(self) -> float:
+        """Records per second over the last ~30 s."""
+        if len(self._rates) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._rates[0], self._rates[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def write(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._written < WRITE_EVERY_S:
+            return
+        self._written = now
+        self._rates.append((now, self.records_in))
+        if self.lag is not None:
+            metrics.SOURCE_LAG.labels(self.source.name).set(self.lag)
+        source = self.source
+        doc = {
+            "name": source.name, "kind": source.kind, "format": source.format,
+            "target": f"table {source.table}" if source.table else f"stream {source.stream}",
+            "state": self.state, "pid": os.getpid(), "started_at": self.started_at, "updated_at": now,
+            "records_in": self.records_in, "appended": self.appended, "rejected": self.rejected,
+            "duplicates": self.duplicates, "errors": self.errors, "rate": round(self.rate(), 1), "lag": self.lag,
+            "last_error": self.last_error, "last_error_at": self.last_error_at, "table_rows": self.table_rows,
+            "progress": self.progress, "recent_rejections": list(self.rejections),
+        }  # fmt: skip
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(doc, default=str))
+        tmp.replace(self.path)
+
+
+def read_status(settings: Settings, source: SourceSettings) -> dict[str, Any]:
+    """The status a source last wrote; `state` is `not running` when it is missing or stale."""
+    path: Path = settings.sources_dir / source.name / "status.json"
+    base: dict[str, Any] = {
+        "name": source.name, "kind": source.kind, "format": source.format, "enabled": source.enabled,
+        "target": f"table {source.table}" if source.table else f"stream {source.stream}",
+    }  # fmt: skip
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {**base, "state": "not running"}
+    if doc.get("state") not in ("stopped",) and time.time() - doc.get("updated_at", 0) > STALE_AFTER_S:
+        doc["state"] = "not running"
+    return {**doc, **base}
