@@ -30,7 +30,7 @@ def test_kill_9_mid_file_then_restart_lands_every_line_once(tmp_path: Path) -> N
     status = data_dir / "sources" / "drop" / "status.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # kill once the source is well into the file
-        if status.exists() and 10_000 < orjson.loads(status.read_bytes()).get("records_in", 0):
+        if status.exists() and orjson.loads(status.read_bytes()).get("records_in", 0) > 10_000:
             break
         time.sleep(0.02)
     first.kill_all()

@@ -13,7 +13,9 @@ from rich.table import Table as RichTable
 
 from headwater.core.errors import HeadwaterError
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file (default ./headwater.toml).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (default ./headwater.toml).")
+]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory (default ./.headwater).")]
 
 
