@@ -25,7 +25,7 @@ from typing import Any
 
 import eccodes
 import numpy as np
-from tests.grib_files import Field, write_grib
+from headwater.loadgen.grib import Field, write_grib
 
 from bench.common import emit
 from headwater.sources import grib

@@ -14,7 +14,7 @@ import pytest
 from headwater.lake.tables import NAMESPACE, open_catalog
 from headwater.sources.file_store import FileStore
 from headwater.sources.lander import SourceLander
-from tests.grib_files import Field, write_grib
+from headwater.loadgen.grib import Field, write_grib
 from tests.sources.support import drain, log_envelopes, make_runner, quarantined
 
 

@@ -61,4 +61,4 @@ def register(app: typer.Typer) -> None:
                 str(row.get("records_in", "")), str(row.get("rejected", "")), str(row.get("rate", "")),
                 str(row.get("lag", "")), (row.get("last_error") or "")[:80],
             )  # fmt: skip
-        Console(soft_wrap=True).print(table)
+        Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)

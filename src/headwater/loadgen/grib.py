@@ -1,4 +1,4 @@
-"""GRIB1/GRIB2 files for tests and benchmarks, written with ecCodes from its bundled samples."""
+"""GRIB1/GRIB2 files for demos, tests and benchmarks, written with ecCodes from its bundled samples."""
 
 from __future__ import annotations
 
