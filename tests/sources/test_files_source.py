@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from headwater.core.errors import SourceError
+from headwater.core.errors import SourceError, SourceUnavailable
 from headwater.sources.file_store import FileStore
 from tests.sources.support import drain, events_of, log_envelopes, make_runner, quarantined
 
@@ -183,3 +183,36 @@ def test_fresh_files_wait_and_temporary_names_are_skipped(data_dir: Path, drop: 
 def test_a_missing_directory_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="is not a directory"):
         make_runner(data_dir, kind="files", format="ndjson", path=str(tmp_path / "nope"))
+
+
+def test_a_failed_batch_is_retried_before_anything_newer_is_read(data_dir: Path, drop: Path) -> None:
+    """Acknowledging a later batch would acknowledge the failed one too: it must go first, as it was."""
+    (drop / "a.ndjson").write_bytes(_ndjson([{"event": "e", "userId": f"u{i}", "n": i} for i in range(10)]) + b"{bad")
+    _settled(drop / "a.ndjson")
+    runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), batch_size=4)
+    acknowledge = runner.reader.acknowledge
+    failures = iter([True])
+    read = runner.reader.read
+    reads = 0
+
+    def counting_read(max_records: int, timeout_s: float) -> list:  # type: ignore[type-arg]
+        nonlocal reads
+        reads += 1
+        return read(max_records, timeout_s)
+
+    def flaky(deliveries: list) -> None:  # type: ignore[type-arg]
+        if deliveries[0].token[1] == 8 and next(failures, False):
+            raise SourceUnavailable("connection lost")
+        acknowledge(deliveries)
+
+    runner.reader.read = counting_read  # type: ignore[method-assign]
+    runner.reader.acknowledge = flaky  # type: ignore[method-assign]
+    assert runner.step(0.05) == 4 and runner.step(0.05) == 4
+    with pytest.raises(SourceUnavailable):
+        runner.step(0.05)  # records 8..10 durable in the log, not acknowledged
+    assert runner.step(0.05) == 3 and reads == 3  # the same three again, nothing new read
+    drain(runner)
+    events = events_of(log_envelopes(runner.event_log))
+    assert sorted(e["n"] for e in events) == list(range(10))
+    assert runner.status.rejected == 1 and runner.status.duplicates == 2  # counted once; re-append dropped
+    runner.close()

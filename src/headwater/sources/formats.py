@@ -122,7 +122,7 @@ class RecordFormat:
         elif fmt == "avro":
             from headwater.sources.avro import AvroDecoder
 
-            avro = AvroDecoder(settings.avro_schema, settings.schema_registry_url)
+            avro = AvroDecoder(settings.avro_schema, settings.schema_registry_url, base_dir=base_dir)
             self._one = lambda payload: [avro.decode(payload)]
         elif fmt == "cobol":
             from headwater.sources.cobol_format import cobol_batch_decoder

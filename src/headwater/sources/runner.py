@@ -92,6 +92,9 @@ class SourceRunner:
         else:
             self.target = event_log.stream(source.stream).producer()
         self._backoff = BACKOFF_MIN_S
+        self._unfinished: list[Delivery] = []
+        self._retries = 0
+        self._count_rejections = True
         self.grib = None
         if source.format == "grib":
             from headwater.sources.grib_loader import grib_loader
@@ -104,20 +107,27 @@ class SourceRunner:
         wait = self.source.max_wait_ms / 1000 if timeout_s is None else timeout_s
         if self.grib is not None:
             return self.grib.step(wait)
-        deliveries = self.reader.read(self.source.batch_size, wait)
+        # a batch that failed after it was read is retried as it is, before anything newer: acknowledging
+        # a later batch would acknowledge it too (Kafka offsets, AMQP `multiple` acks, file progress)
+        deliveries = self._unfinished or self.reader.read(self.source.batch_size, wait)
         if not deliveries:
             return 0
-        batch = self._envelopes(deliveries)
+        self._unfinished = deliveries
+        retry = self._retries > 0
+        self._retries += 1
+        batch = self._envelopes(deliveries, count_rejections=not retry)
         appended, duplicates = self._append(batch)
         self.reader.acknowledge(deliveries)
+        self._unfinished, self._retries = [], 0
         self.status.count(len(deliveries), appended, duplicates)
         return len(deliveries)
 
     def _meta(self, received_ms: int, endpoint: str) -> bytes:
         return orjson.dumps({"src": self.source.name, "ep": endpoint, "ra": received_ms})
 
-    def _envelopes(self, deliveries: list[Delivery]) -> Batch:
+    def _envelopes(self, deliveries: list[Delivery], count_rejections: bool = True) -> Batch:
         batch = Batch()
+        self._count_rejections = count_rejections
         pending = [d for d in deliveries if d.value is None and d.error is None]
         decoded: dict[int, Decoded] = {}
         if pending and self.format is not None:
@@ -173,6 +183,8 @@ class SourceRunner:
         body = b'{"m":' + meta + b',"q":' + orjson.dumps(reason) + b',"raw":' + orjson.dumps(raw) + b"}"
         batch.quarantine.append((None, body))
         batch.quarantine_keys.append((self.source.name, f"{stable_id}#quarantine"))
+        if not self._count_rejections:
+            return  # the same batch again, after a failure: counted the first time
         self.status.reject(stable_id, reason, raw)
         note = getattr(self.reader, "add_rejected", None)
         if note is not None and isinstance(delivery.token, tuple):
