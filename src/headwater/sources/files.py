@@ -167,20 +167,19 @@ class FilesReader:
 
     def _deliveries(self, dropped: DroppedFile, skip: int) -> Iterator[Delivery]:
         now = int(time.time() * 1000)
-        key = dropped.key
+        key, name = dropped.key, dropped.name
         index = -1
         try:
             for index, payload, value in self._file_records(dropped):
                 if index < skip:
                     continue
-                where = {"where": f"{dropped.name} record {index + 1}"}
-                yield Delivery(payload, f"{key}:{index}", (key, index), value, now, where)
+                yield Delivery(payload, f"{key}:{index}", (key, index, name), value, now)
         except (OSError, pa.ArrowException, SourceError, ValueError, EOFError) as exc:
             reason = f"file {dropped.name}: {exc}"
             if index >= 0:
                 reason += f" (after {index + 1} records, which were kept)"
             yield Delivery(
-                f"file:{dropped.path}".encode(), f"{key}:failed", (key, max(index + 1, skip), "failed"),
+                f"file:{dropped.path}".encode(), f"{key}:failed", (key, max(index + 1, skip), name, "failed"),
                 received_ms=now, error=reason,
             )  # fmt: skip
 
@@ -273,8 +272,8 @@ class FilesReader:
         failed: dict[str, tuple[int, str]] = {}
         for delivery in deliveries:
             key, index = delivery.token[0], delivery.token[1]
-            if len(delivery.token) > 2:
-                failed[key] = (index, delivery.error or "failed")
+            if delivery.error is not None:
+                failed[key] = (index, delivery.error)
             else:
                 done[key] = max(done.get(key, 0), index + 1)
         for key, records in done.items():
@@ -299,6 +298,10 @@ class FilesReader:
                 self.fs.move(row.path, target)
             except (OSError, pa.ArrowException) as exc:
                 self.store.update(key, error=f"done, but not moved to {self.source.move_to}: {exc}")
+
+    def describe(self, delivery: Delivery) -> str:
+        """Where a delivery came from, for quarantine reasons: `file.ndjson record 12`."""
+        return f"{delivery.token[2]} record {delivery.token[1] + 1}"
 
     def showing(self, dropped: DroppedFile | None, read_bytes: int) -> None:
         """Progress of a file read elsewhere (GRIB files are landed whole by `grib_loader`)."""

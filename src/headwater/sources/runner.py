@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from headwater.core.errors import RecordError, SourceError, SourceUnavailable
-from headwater.core.events import RAW_TRACK, InvalidEvent
+from headwater.core.events import RAW_TRACK, InvalidEvent, check_raw_track
 from headwater.core.settings import Settings
 from headwater.core.source_settings import SourceSettings
 from headwater.log.base import AppendResult, EventLog, Producer
@@ -84,6 +84,7 @@ class SourceRunner:
         self.reader = reader if reader is not None else open_reader(source, settings)
         self.format = RecordFormat(source, self.base_dir) if source.format not in ("csv", "parquet", "grib") else None
         self.mapper = EventMapper(source)
+        self._passthrough = not source.mapping and not source.id_field and source.format in ("json", "ndjson")
         self.quarantine: Producer = event_log.producer()
         if source.feed_stream is not None:
             self.target = event_log.stream(source.feed_stream).producer()
@@ -160,6 +161,12 @@ class SourceRunner:
             batch.target.append((stable_id.encode(), body))
             batch.target_keys.append((name, stable_id))
             return
+        if self._passthrough and delivery.value is None and stable_id is delivery.stable_id:
+            fast = self._as_is(delivery, record, stable_id)
+            if fast is not None:
+                batch.target.append(fast[0])
+                batch.target_keys.append((name, fast[1]))
+                return
         try:
             key, message_id, event = self.mapper.event(record, stable_id)
             body = b'{"m":' + self._meta(delivery.received_ms, RAW_TRACK) + b',"e":' + to_json(event) + b"}"
@@ -170,13 +177,30 @@ class SourceRunner:
         batch.target.append((key.encode(), body))
         batch.target_keys.append((name, message_id))
 
+    def _as_is(self, delivery: Delivery, record: dict[str, Any], stable_id: str) -> tuple[Envelope, str] | None:
+        """A record that is already a valid `/track` event goes to the log as the bytes it came in (the
+        collector's way: no re-serialising), with the stable id spliced in as its messageId when it has
+        none. None: let the mapper build the event (its defaults apply)."""
+        try:
+            key, message_id = check_raw_track(record)
+        except InvalidEvent:
+            return None
+        payload = delivery.payload.strip()
+        if payload[:1] != b"{":
+            return None
+        if message_id is None:
+            message_id = stable_id
+            payload = b'{"messageId":' + orjson.dumps(stable_id) + (b"," if len(record) else b"") + payload[1:]
+        meta = self._meta(delivery.received_ms, RAW_TRACK)
+        return (key.encode(), b'{"m":' + meta + b',"e":' + payload + b"}"), message_id
+
     def _quarantine(
         self, batch: Batch, delivery: Delivery, reason: str, raw: str, stable_id: str | None = None
     ) -> None:
         stable_id = stable_id or delivery.stable_id
-        where = delivery.headers.get("where")
-        if where and delivery.error is None:
-            reason = f"{where}: {reason}"
+        describe = getattr(self.reader, "describe", None)
+        if describe is not None and delivery.error is None:
+            reason = f"{describe(delivery)}: {reason}"
         if delivery.value is not None and not delivery.payload:
             raw = to_json(delivery.value).decode()
         meta = self._meta(delivery.received_ms, f"source.{self.source.kind}")
