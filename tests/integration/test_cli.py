@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from headwater.cli.main import settings_markdown
+from headwater.cli.main import settings_markdown, source_settings_markdown
 from tests.helpers import ROOT, RunningHeadwater, child_env
 
 
@@ -83,6 +83,7 @@ def test_settings_precedence_file_env_flag_and_masking(tmp_path: Path) -> None:
 def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     assert settings_markdown() in readme, "run `headwater config docs` and paste it into README.md"
+    assert source_settings_markdown() in readme, "run `headwater config docs --sources` and paste it into README.md"
 
 
 def test_generate_query_formats_and_import(headwater: RunningHeadwater, tmp_path: Path) -> None:
