@@ -28,6 +28,7 @@ from headwater.api.accounts import account_routes
 from headwater.api.boards import board_routes
 from headwater.api.principal import authenticate
 from headwater.api.processors import ProcessorRegistry, processor_routes
+from headwater.api.sources import source_routes
 from headwater.auth.keys import KeyStore
 from headwater.auth.users import UserStore
 from headwater.boards.store import BoardStore
@@ -342,7 +343,7 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/api/live/stream", live_stream, methods=["GET"]),
     ]
     ingest_routes: list[BaseRoute] = [Route(p, _method_not_allowed, methods=["GET"]) for p in INGEST_PATHS]
-    routes += account_routes(svc) + board_routes(svc) + processor_routes(svc) + web_routes()
+    routes += account_routes(svc) + board_routes(svc) + processor_routes(svc) + source_routes(svc) + web_routes()
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
     ingest = IngestApp(starlette, origins)
     return ingest

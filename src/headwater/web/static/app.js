@@ -1,5 +1,6 @@
 // Headwater web app: a small single-page app over the JSON API (no build step).
 import { processorsPage, streamLive } from "./processors.js";
+import { sourcesPage } from "./sources.js";
 import { processorTilePicker, stateTile, streamTile } from "./tiles.js";
 
 const view = document.getElementById("view");
@@ -236,8 +237,9 @@ const boardTiles = (board) => board.tiles.map(({ insight_id, live, state, x, y, 
 const saveBoard = (board, changes) => api("/api/dashboards/" + board.id, { method: "PUT",
   body: { name: board.name, tiles: boardTiles(board), last_days: board.last_days, filters: board.filters, refresh_seconds: board.refresh_seconds, ...changes } });
 
-function sqlPage() {
-  const text = h("textarea", { name: "sql" }, "SELECT event, count(*) AS events, count(DISTINCT user_id) AS users\nFROM events GROUP BY event ORDER BY events DESC");
+// `#/sql/<url-encoded SQL>` opens the page with that query, and runs it
+function sqlPage(initial) {
+  const text = h("textarea", { name: "sql" }, initial || "SELECT event, count(*) AS events, count(DISTINCT user_id) AS users\nFROM events GROUP BY event ORDER BY events DESC");
   const out = h("div");
   const error = h("div", { class: "error" });
   let last = null;
@@ -262,6 +264,7 @@ function sqlPage() {
     link.click();
   };
   view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "SQL"), text, h("div", {}, h("button", { onclick: run }, "Run"), " ", h("button", { class: "ghost", onclick: csv }, "Download CSV")), error), h("div", { class: "card" }, out));
+  if (initial) run();
 }
 
 async function dashboards() {
@@ -392,7 +395,7 @@ async function keys() {
       loadUsers();
     } catch (err) { userMessage.textContent = err.message; }
   };
-  view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Sources & keys"), h("label", {}, "Name", name), h("label", {}, "Role", role), h("button", { onclick: create }, "Create key"), shown), h("div", { class: "card" }, out),
+  view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Keys & users"), h("label", {}, "Name", name), h("label", {}, "Role", role), h("button", { onclick: create }, "Create key"), shown), h("div", { class: "card" }, out),
     h("div", { class: "card" }, h("h2", {}, "Users"), h("label", {}, "Name", userName), h("label", {}, "Role", userRole), h("label", {}, "Password", userPassword), h("button", { id: "add-user", onclick: addUser }, "Add user"), userMessage, users));
   await load();
   await loadUsers();
@@ -423,15 +426,16 @@ async function route() {
     a.classList.toggle("active", location.hash.startsWith(a.getAttribute("href")));
   }
   const [page, arg] = location.hash.replace(/^#\//, "").split("/");
-  const helpers = { view, h, api, table, every: (fn, ms) => timers.push(setInterval(fn, ms)) };
+  const helpers = { view, h, api, table, every: (fn, ms) => timers.push(setInterval(fn, ms)), can: (p) => me.permissions.includes(p) };
   try {
     if (page === "insights") insights();
-    else if (page === "sql") sqlPage();
+    else if (page === "sql") sqlPage(arg ? decodeURIComponent(arg) : undefined);
     else if (page === "dashboards") await dashboards();
     else if (page === "dashboard") await dashboard(arg);
     else if (page === "catalog") await catalog();
     else if (page === "keys") await keys();
     else if (page === "processors") await processorsPage(helpers);
+    else if (page === "sources") await sourcesPage(helpers);
     else if (page === "live" && arg) streamLive(helpers, decodeURIComponent(arg));
     else live();
   } catch (err) { view.replaceChildren(h("div", { class: "card error" }, err.message)); }
