@@ -484,7 +484,10 @@ def config_show(
 
 @config_app.command("docs")
 def config_docs(
-    sources: Annotated[bool, typer.Option("--sources", help="The fields of a source table (\\[\\[sources]] in headwater.toml) instead.")] = False,
+    sources: Annotated[
+        bool,
+        typer.Option("--sources", help="The fields of a source table (\\[\\[sources]] in headwater.toml) instead."),
+    ] = False,
 ) -> None:
     """Print every setting with its default and meaning, as a Markdown table."""
     sys.stdout.write(source_settings_markdown() if sources else settings_markdown())

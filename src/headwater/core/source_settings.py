@@ -43,6 +43,11 @@ class SourceSettings(BaseModel):
         description="Event columns from record fields (dotted paths; '=text' is a constant, '{field}' a template): "
         "event, user_id, anonymous_id, timestamp, message_id. Other fields become properties.",
     )
+    timestamp_format: str | None = Field(
+        None,
+        description="strptime format of the mapped timestamp when it is not ISO-8601 or epoch (mainframe "
+        "'%Y%m%d%H%M%S%f'); read as UTC unless it has %z.",
+    )
     flatten: str | None = Field(
         None, description="Dotted path of an array in each record whose items are the events (Zoom: 7-25 a message)."
     )

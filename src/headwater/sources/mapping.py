@@ -8,7 +8,7 @@ read): mapped columns first, every other field a property. Defaults, when a colu
 source name as the anonymous id (a feed with no people in it; when user_id or anonymous_id is
 mapped, a record without either is invalid); `timestamp` the record's
 `timestamp`, else the time it was received; `message_id` the record's `messageId`, else the
-delivery's stable id (which is what makes re-deliveries collapse). A field that the lake would
+delivery's stable id (which is what makes re-deliveries collapse). Templates take Python format specs: `'{ts_millis:03d}'`. A field that the lake would
 read as a column but that is not used as one (`time`, `dateTime`, a second user id) is kept as a
 property with a trailing underscore (`time_`).
 """
@@ -16,6 +16,7 @@ property with a trailing underscore (`time_`).
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from headwater.core.events import RAW_MAPPED, InvalidEvent, check_raw_track
@@ -52,7 +53,7 @@ class Extractor:
         if self.constant is not None:
             return self.constant
         if self.template is not None:
-            return _TEMPLATE.sub(lambda m: "" if (v := lookup(record, m.group(1))) is None else str(v), self.template)
+            return _TEMPLATE.sub(lambda m: _fill(record, m.group(1)), self.template)
         return lookup(record, self.spec)
 
     def consumes(self) -> str | None:
@@ -69,6 +70,7 @@ class EventMapper:
         if settings.id_field and "message_id" not in self.extract:
             self.extract["message_id"] = Extractor(settings.id_field)
         self.consumed = {e.consumes() for e in self.extract.values()} - {None}
+        self.timestamp_format = settings.timestamp_format
 
     def event(self, record: dict[str, Any], stable_id: str) -> tuple[str, str, dict[str, Any]]:
         """(partition key, message id, event object); raises InvalidEvent naming the field."""
@@ -76,7 +78,10 @@ class EventMapper:
         for column, extract in self.extract.items():
             value = extract(record)
             if value is not None and value != "":
-                obj[_COLUMNS[column]] = value if column == "timestamp" else _text(value, column)
+                if column == "timestamp":
+                    obj["timestamp"] = self._time(value) if self.timestamp_format else value
+                else:
+                    obj[_COLUMNS[column]] = _text(value, column)
             elif column in ("event", "timestamp"):
                 raise InvalidEvent(f"mapping.{column}: the record has no value at {extract.spec!r}")
         for name, value in record.items():
@@ -104,6 +109,29 @@ class EventMapper:
             obj["messageId"] = str(message_id)
         key, _ = check_raw_track(obj)
         return key, obj["messageId"], obj
+
+    def _time(self, value: Any) -> str:
+        """The mapped timestamp parsed with `timestamp_format`, as ISO-8601 (UTC unless it has an offset)."""
+        assert self.timestamp_format is not None
+        try:
+            moment = datetime.strptime(str(value), self.timestamp_format)
+        except ValueError:
+            raise InvalidEvent(
+                f"mapping.timestamp: {str(value)[:40]!r} does not match timestamp_format {self.timestamp_format!r}"
+            ) from None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _fill(record: dict[str, Any], part: str) -> str:
+    """One `{path}` or `{path:format spec}` of a template (`{ts_millis:03d}`); empty when missing."""
+    path, _, spec = part.partition(":")
+    value = lookup(record, path)
+    if value is None:
+        return ""
+    try:
+        return format(value, spec) if spec else str(value)
+    except (ValueError, TypeError):
+        raise InvalidEvent(f"mapping: {{{part}}} cannot format {value!r:.40}") from None
 
 
 def _text(value: Any, column: str) -> str:
