@@ -2,15 +2,16 @@
 
 A record becomes a lolscale `/track` event (the format the lake writer and processors already
 read): mapped columns first, every other field a property. Defaults, when a column is not mapped:
-`event` is the record's `event` field, else its COBOL record type, else the source name (a mapped
-`event` or `timestamp` that the record lacks makes it invalid: quarantined with the reason);
-`user_id` / `anonymous_id` the record's `userId`/`user_id`/`anonymousId`/`anonymous_id`, else the
-source name as the anonymous id (a feed with no people in it; when user_id or anonymous_id is
-mapped, a record without either is invalid); `timestamp` the record's
-`timestamp`, else the time it was received; `message_id` the record's `messageId`, else the
-delivery's stable id (which is what makes re-deliveries collapse). Templates take Python format specs: `'{ts_millis:03d}'`. A field that the lake would
-read as a column but that is not used as one (`time`, `dateTime`, a second user id) is kept as a
-property with a trailing underscore (`time_`).
+- `event`: the record's `event` field, else its COBOL record type, else the source name;
+- `user_id` / `anonymous_id`: the record's `userId`/`user_id`/`anonymousId`/`anonymous_id`, else the
+  source name as the anonymous id (a feed with no people in it);
+- `timestamp`: the record's `timestamp`, else the time it was received;
+- `message_id`: the record's `messageId`, else the delivery's stable id (which is what makes
+  re-deliveries collapse).
+A mapped `event` or `timestamp` that the record lacks, or mapped user ids that are both missing, make
+the record invalid (quarantined with the reason). Templates take Python format specs
+(`'{ts_millis:03d}'`). A field that the lake would read as a column but that is not used as one
+(`time`, `dateTime`, a second user id) is kept as a property with a trailing underscore (`time_`).
 """
 
 from __future__ import annotations
