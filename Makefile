@@ -28,10 +28,11 @@ browser:  ## Debian's chromium for the browser tests (apt, as root), when missin
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 .PHONY: services
-services:  ## real Kafka, S3 (s3proxy) and Spark jars from Maven Central into .tools/jars; Debian's PostgreSQL and Redis, when missing
+services:  ## real Kafka, S3 (s3proxy) and Spark jars from Maven Central into .tools/jars; Debian's PostgreSQL, Redis and RabbitMQ, when missing
 	@tools/fetch-jars.sh kafka s3proxy spark
 	@test -x /usr/lib/postgresql/15/bin/postgres || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
+	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || (apt-get update -qq && apt-get install -y -qq rabbitmq-server >/dev/null)
 	@command -v ss >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null)  # the chaos test watches sockets
 
 up: install  ## start everything on embedded defaults, with demo traffic

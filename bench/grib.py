@@ -25,9 +25,9 @@ from typing import Any
 
 import eccodes
 import numpy as np
-from headwater.loadgen.grib import Field, write_grib
 
 from bench.common import emit
+from headwater.loadgen.grib import Field, write_grib
 from headwater.sources import grib
 
 NI, NJ, INCREMENT = 1440, 721, 0.25

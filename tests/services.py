@@ -1,9 +1,9 @@
-"""Real services for the test suite: Apache Kafka (KRaft), PostgreSQL 15, an S3 server (s3proxy) and Redis.
+"""Real services for the test suite: Apache Kafka (KRaft), PostgreSQL 15, an S3 server (s3proxy), Redis, RabbitMQ.
 
 Each service runs as a child process in its own directory on free ports on 127.0.0.1, and is stopped by
 the process id started here (see /work/shared/SERVICES.md for the recipes). Jars come from Maven Central
-through `tools/fetch-jars.sh` (cached in `.tools/jars/`); PostgreSQL and Redis are Debian's packages (`make
-services`). Loaded as a pytest plugin from tests/conftest.py: session fixtures `kafka_broker`, `postgres_server`,
+through `tools/fetch-jars.sh` (cached in `.tools/jars/`); PostgreSQL, Redis and RabbitMQ are Debian's packages
+(`make services`). Loaded as a pytest plugin from tests/conftest.py: session fixtures `kafka_broker`, `postgres_server`,
 `s3_server`, `redis_server`, and `cluster_settings()` for a Kafka + PostgreSQL + S3 deployment of Headwater.
 """
 
@@ -719,6 +719,216 @@ class RedisServer(_JavaService):
     def restart(self, timeout: float = 30) -> RedisServer:
         self.stop()
         return self.start(timeout)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RabbitMQ (Debian's rabbitmq-server)
+
+_RABBIT_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+_RABBIT_PREFIX = "hw-rabbit-"
+
+
+def _pids_with_home(home: Path, commands: tuple[str, ...]) -> list[int]:
+    """Processes named one of `commands` whose environment has HOME=`home`: this server's beam and epmd."""
+    needle = b"\0HOME=" + str(home).encode() + b"\0"
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc_dir / "comm").read_text().strip() not in commands:
+                continue
+            if needle in b"\0" + (proc_dir / "environ").read_bytes():
+                found.append(int(proc_dir.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, not yet reaped by its parent (signal 0 still reaches it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _reap_stale_rabbits() -> None:
+    """Kill the epmd (and any beam) of test runs that died without cleaning up (kill -9), remove their directories."""
+    for owner_file in Path(tempfile.gettempdir()).glob(f"{_RABBIT_PREFIX}*/owner.pid"):
+        try:
+            owner = int(owner_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(owner) and not _zombie(owner):
+            continue
+        _kill_pids(_pids_with_home(owner_file.parent, ("beam.smp", "epmd")))
+        shutil.rmtree(owner_file.parent, ignore_errors=True)
+
+
+class RabbitServer(_JavaService):
+    """Debian's `rabbitmq-server` (one node, no plugins) on free ports, with a private epmd, as the `rabbitmq` user.
+
+    Its directory (/tmp/hw-rabbit-*, owned by `rabbitmq`: pytest's temporary directories are private to root)
+    is HOME (Erlang cookie), mnesia and log base. The node uses its own epmd port (`ERL_EPMD_PORT`), so the epmd
+    it starts is this server's alone: `stop()` and `kill()` end it too, found by its HOME. The VM runs in the
+    foreground (`RUNNING_UNDER_SYSTEMD`: the start script execs erl), so stop = SIGTERM, a clean shutdown.
+    `restart()` (and `start()` after `stop()`/`kill()`) keeps the ports and the data: durable queues and
+    persistent messages survive. `workdir` is used directly when not running as root.
+    """
+
+    name = "rabbitmq"
+    user = "guest"
+    password = "guest"  # the default user, allowed from loopback only
+
+    def __init__(self, workdir: Path | str) -> None:
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            _reap_stale_rabbits()
+            directory = Path(tempfile.mkdtemp(prefix=_RABBIT_PREFIX))
+            (directory / "owner.pid").write_text(str(os.getpid()))
+            _PRIVATE_DIRS.add(directory)
+        else:
+            directory = Path(workdir)
+        super().__init__(directory)
+        self.dir = self.workdir
+        self.port = 0
+        self.dist_port = 0
+        self.epmd_port = 0
+
+    @property
+    def node(self) -> str:
+        return f"hw{self.port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://{self.user}:{self.password}@{HOST}:{self.port}/%2F"
+
+    def _command(self) -> list[str]:
+        env = {
+            "HOME": str(self.dir),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_LOGS": "-",  # to stdout: our log file
+            "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),  # .conf added by the script
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RUNNING_UNDER_SYSTEMD": "1",  # exec the VM: our child is beam itself, SIGTERM stops it cleanly
+        }
+        command = ["env", *(f"{key}={value}" for key, value in env.items()), str(_RABBIT_SERVER)]
+        if self.as_root:  # it refuses root; the parent-death signal is set again after the user switch
+            switch = ["setpriv", "--reuid=rabbitmq", "--regid=rabbitmq", "--init-groups", "--pdeathsig", "KILL", "--"]
+            command = [*switch, *command]
+        return command
+
+    def _prepare(self) -> None:
+        (self.dir / "rabbitmq.conf").write_text("disk_free_limit.absolute = 10MB\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        if self.as_root:
+            for path in [self.dir, *self.dir.rglob("*")]:
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+
+    def start(self, timeout: float = 60) -> RabbitServer:
+        if not _RABBIT_SERVER.exists():
+            raise ServiceError(
+                "rabbitmq-server is not installed: `make services` installs it (apt-get install rabbitmq-server)"
+            )
+        started = time.monotonic()
+        for attempt in range(3):
+            fresh = not self.port
+            if fresh:
+                self.port, self.dist_port, self.epmd_port = free_ports(3)
+            self._prepare()
+            offset = self._log_size()
+            try:
+                self._spawn(self._command())
+                self._wait_ready(started + timeout, offset)
+                break
+            except ServiceError:
+                self._stop_epmd()
+                if not (fresh and attempt < 2 and self._port_taken_since(offset)):
+                    raise
+                self.port = 0  # another process took a port: pick others (a new node name, so a new mnesia)
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def _port_taken_since(self, offset: int) -> bool:
+        with open(self.log_path, "rb") as log_file:
+            log_file.seek(offset)
+            text = log_file.read()
+        return b"eaddrinuse" in text or b"Address already in use" in text
+
+    def _wait_ready(self, deadline: float, offset: int) -> None:
+        """Ready when the log says so (this node, not another server on the port) and AMQP answers."""
+        while not (self._logged_since(offset, b"Server startup complete") and self._answers()):
+            self._check_alive("while starting")
+            if time.monotonic() > deadline:
+                raise self._fail(f"no AMQP answer on port {self.port} in time")
+            time.sleep(0.1)
+
+    def _logged_since(self, offset: int, text: bytes) -> bool:
+        with open(self.log_path, "rb") as log_file:
+            log_file.seek(offset)
+            return text in log_file.read()
+
+    def _answers(self) -> bool:
+        import pika
+
+        try:
+            pika.BlockingConnection(self.parameters()).close()
+            return True
+        except pika.exceptions.AMQPError:
+            return False
+
+    def parameters(self):  # -> pika.URLParameters
+        """pika connection parameters for this server (one attempt, short timeouts)."""
+        import pika
+
+        params = pika.URLParameters(self.url)
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        return params
+
+    def _stop_epmd(self) -> None:
+        deadline = time.monotonic() + 5
+        while True:  # the VM may still be exiting: epmd is found by HOME, beam too if it outlived its pid
+            pids = _pids_with_home(self.dir, ("epmd",))
+            _kill_pids(pids)
+            if not pids or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (the node shuts down cleanly), SIGKILL after `timeout` seconds; then its epmd."""
+        super().stop(timeout)
+        self._stop_epmd()
+
+    def kill(self) -> None:
+        """SIGKILL of the VM (a crash), and of its epmd."""
+        super().kill()
+        self._stop_epmd()
+
+    def restart(self, timeout: float = 60) -> RabbitServer:
+        self.stop()
+        return self.start(timeout)
+
+    def close(self) -> None:
+        """Stop, and remove the private directory (when there is one)."""
+        self.stop()
+        if self.as_root:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            _PRIVATE_DIRS.discard(self.dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

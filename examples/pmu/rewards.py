@@ -29,7 +29,8 @@ Outputs: stream `pmu-coupons` + Iceberg table `pmu_coupons`, stream `pmu-coupon-
 table `pmu_coupon_revocations`, and the state table `pmu_coupons_by_bet` served over HTTP
 (`GET /api/state/pmu_coupons_by_bet/<bet_id>`).
 
-Run it: `HEADWATER_PROCESSORS='["examples/pmu/rewards.py:pipeline"]' headwater up` (or run.sh).
+Run it: `HEADWATER_PROCESSORS='["examples/pmu/rewards.py:pipeline"]' headwater up` (or run.sh). It reads the
+`events` stream; `PMU_INPUT=<stream>` points it at another (examples/pmu_frames feeds it decoded frames).
 """
 
 from __future__ import annotations
@@ -181,7 +182,9 @@ def build(campaigns: ReferenceTable | None = None) -> Pipeline:
     """The pipeline; `campaigns` defaults to `campaigns.csv` (env PMU_CAMPAIGNS), keyed by bet type."""
     table = campaigns or ReferenceTable.from_file("campaigns", CAMPAIGNS, key="bet_type", many=True, refresh_s=5)
     p = Pipeline("pmu-rewards", description="PMU: coupons for accepted bets matching a campaign; revoked on cancel")
-    frames = p.source("events").filter(is_frame).map(to_frame).map_key(lambda f: f["bet_id"])
+    frames = (
+        p.source(os.environ.get("PMU_INPUT", "events")).filter(is_frame).map(to_frame).map_key(lambda f: f["bet_id"])
+    )
     by_kind = frames.branch(
         request=lambda f: f["kind"] == "bet_request",
         response=lambda f: f["kind"] == "bet_response",

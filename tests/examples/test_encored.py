@@ -22,7 +22,12 @@ def test_run_sh_lands_every_grid_point(tmp_path: Path) -> None:
         HEADWATER=str(Path(sys.executable).parent / "headwater"), PYTHON=sys.executable,
     )  # fmt: skip
     done = subprocess.run(
-        [str(ROOT / "examples" / "encored" / "run.sh"), "--once"], env=env, capture_output=True, text=True, timeout=300
+        [str(ROOT / "examples" / "encored" / "run.sh"), "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     points = 2 * 3 * 5 * 71 * 61

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 
 from headwater.lake.tables import NAMESPACE, open_catalog
+from headwater.loadgen.grib import Field, write_grib
 from headwater.sources.file_store import FileStore
 from headwater.sources.lander import SourceLander
-from headwater.loadgen.grib import Field, write_grib
 from tests.sources.support import drain, log_envelopes, make_runner, quarantined
 
 
@@ -65,6 +65,25 @@ def test_new_fields_evolve_the_table_and_type_conflicts_are_quarantined(data_dir
     assert again.rows == 0
     assert table.refresh().scan().to_arrow().num_rows == 7
     again.close()
+    runner.close()
+
+
+def test_records_of_different_shapes_in_one_batch_keep_every_field(data_dir: Path, tmp_path: Path) -> None:
+    """A batch whose first record lacks fields that later ones have (frame types with other layouts)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = [{"kind": "start", "at": 1}, {"kind": "bet", "stake": 2.5, "horses": 3}, {"kind": "cancel", "reason": "x"}]
+    (drop / "a.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
+    _settled(drop / "a.ndjson")
+    runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), table="mixed")
+    drain(runner)
+    _land(runner).close()
+    data = open_catalog(runner.settings).load_table((NAMESPACE, "mixed")).scan().to_arrow().sort_by("kind")
+    assert data.select(["kind", "at", "stake", "horses", "reason"]).to_pylist() == [
+        {"kind": "bet", "at": None, "stake": 2.5, "horses": 3, "reason": None},
+        {"kind": "cancel", "at": None, "stake": None, "horses": None, "reason": "x"},
+        {"kind": "start", "at": 1, "stake": None, "horses": None, "reason": None},
+    ]
     runner.close()
 
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from headwater.core.errors import SourceError
-from headwater.sources.grib import GRIB_SCHEMA, GribError, read_grib
 from headwater.loadgen.grib import Field, grib_message, write_grib
+from headwater.sources.grib import GRIB_SCHEMA, GribError, read_grib
 
 REFERENCE = datetime(2024, 1, 2, 6, 0)
 FIELDS = [

@@ -52,6 +52,15 @@ def normalise_types(table: pa.Table, time_column: str | None = None) -> pa.Table
     return table.cast(pa.schema(fields))
 
 
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts) to a table with a column for every key of any row (pa.Table.from_pylist only
+    looks at the first row's keys), each column's type inferred from all its values."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    return pa.table({name: pa.array([row.get(name) for row in rows]) for name in names})
+
+
 def _castable_rows(column: pa.ChunkedArray, kind: pa.DataType) -> list[bool]:
     """Per row: does this value cast to `kind` (slow path, only for a column whose cast failed)?"""
     ok = []

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from headwater.lake.stream_table import StreamTableWriter, normalise_types
+from headwater.lake.stream_table import StreamTableWriter, normalise_types, rows_table
 from headwater.log.base import Record
 from headwater.processing.records import decode_outputs
 
@@ -53,7 +53,7 @@ def rows_to_arrow(records: list[tuple[str | None, Any, int, str]]) -> pa.Table:
         else:
             row["value"] = _cell(value)
         rows.append(row)
-    return normalise_types(pa.Table.from_pylist(rows), "event_time")
+    return normalise_types(rows_table(rows), "event_time")
 
 
 class OutputTableWriter(StreamTableWriter):

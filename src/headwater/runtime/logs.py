@@ -33,3 +33,5 @@ def setup_logging(level: str, json_logs: bool, component: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("pyiceberg", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika logs a traceback at ERROR for every failed reconnect; the source reports the reason itself
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

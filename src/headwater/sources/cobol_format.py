@@ -40,7 +40,11 @@ def cobol_batch_decoder(options: dict[str, Any], base_dir: Path) -> Callable[[li
         def headers(frames: list[bytes]) -> list[Decoded]:
             out: list[Decoded] = []
             for frame in frames:
-                record = decoder.header(frame)
+                try:
+                    record = decoder.header(frame)
+                except CobolError as exc:  # a frame too short for its header
+                    out.append(RecordError(str(exc)))
+                    continue
                 if record.get("_record_type") is None and decoder.multi:
                     out.append(RecordError("the frame's record type is unknown or unreadable"))
                     continue

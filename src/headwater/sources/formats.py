@@ -133,7 +133,15 @@ class RecordFormat:
     def decode(self, payloads: list[bytes]) -> list[Decoded]:
         """Per payload: its records (flattened when configured), or the RecordError saying why not."""
         if self._batch is not None:
-            decoded = self._batch(payloads)
+            try:
+                decoded = self._batch(payloads)
+            except RecordError:  # one payload broke the whole batch: decode them one by one to find it
+                decoded = []
+                for payload in payloads:
+                    try:
+                        decoded.extend(self._batch([payload]))
+                    except RecordError as exc:
+                        decoded.append(exc)
         else:
             one = self._one
             if one is None:

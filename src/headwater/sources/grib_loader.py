@@ -119,6 +119,7 @@ class GribLoader:
                 path = Path(tmp.name)
             rows = 0
             properties = {FILE_PROPERTY: dropped.key}
+
             def progress(_messages: int, read_bytes: int, _size: int) -> None:
                 self.reader.showing(dropped, read_bytes)
 

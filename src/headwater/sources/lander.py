@@ -21,7 +21,7 @@ from pyiceberg.catalog import Catalog
 
 from headwater.core.settings import Settings
 from headwater.core.source_settings import SourceSettings
-from headwater.lake.stream_table import StreamTableWriter, normalise_types
+from headwater.lake.stream_table import StreamTableWriter, normalise_types, rows_table
 from headwater.lake.tables import open_catalog
 from headwater.log.base import EventLog, Record
 from headwater.sources.formats import json_default, to_json
@@ -73,10 +73,16 @@ class SourceLander(StreamTableWriter):
                     row[str(name)] = _cell(value)
             rows.append(row)
         try:
-            table = pa.Table.from_pylist(rows)
+            table = rows_table(rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             rows = self._split_mixed(rows)
-            table = pa.Table.from_pylist(rows)
+            table = rows_table(rows)
+        if self.table is not None:  # a column with no value yet waits for one: its type is unknown
+            known = set(self.table.schema().column_names)
+            empty = [f.name for f in table.schema if pa.types.is_null(f.type) and f.name not in known]
+            table = table.drop_columns(empty)
+        else:
+            table = table.drop_columns([f.name for f in table.schema if pa.types.is_null(f.type)])
         return normalise_types(table, self.time_column)
 
     def _split_mixed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
