@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test test-fast test-processing test-cluster test-engines lint format bench clean browser screenshots
+.PHONY: install up test test-fast test-processing test-sources test-cluster test-engines lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -52,6 +52,11 @@ test-fast: install  ## embedded deployment only: no Kafka, PostgreSQL, S3, Spark
 
 test-processing: install services  ## stream processors: semantics, exactly-once, sinks, examples (Kafka included)
 	$(VENV)/bin/pytest tests/processing tests/examples
+
+test-sources: install services  ## sources: files, Kafka topics, RabbitMQ queues, COBOL, GRIB, the PMU and Encored examples
+	$(VENV)/bin/pytest tests/sources tests/unit/test_cobol.py tests/unit/test_cobol_records.py tests/unit/test_grib.py \
+		tests/unit/test_source_mapping.py tests/examples/test_pmu_frames.py tests/examples/test_encored.py \
+		tests/integration/test_sources_api.py
 
 test-cluster: install services  ## every suite on Kafka + PostgreSQL + S3 (started by the tests)
 	$(VENV)/bin/pytest -m cluster

@@ -15,3 +15,6 @@ $PY -m bench.importer
 $PY -m bench.maintenance
 $PY -m bench.processing  # stream processors: records/s through the runner and TestDriver, HTTP ack -> output latency, state lookups
 $PY -m bench.quix_compare  # Headwater processors vs Quix Streams on one Kafka broker (own venv .tools/quix-venv); BENCH_QUIX_RECORDS, BENCH_QUIX_REPEATS
+$PY -m bench.sources --lines "${BENCH_SOURCE_LINES:-10000000}"  # file drop (10 M NDJSON lines), Kafka topic, RabbitMQ queue, PMU COBOL frames
+$PY -m bench.cobol  # COBOL frames decoded/s (the 200-byte bet frame and the PMU mix)
+$PY -m bench.grib  # GRIB grid points/s
