@@ -12,8 +12,8 @@ from headwater.sources.runner import SourceRunner
 from tests.helpers import make_settings
 
 
-def make_runner(data_dir: Path, **source: Any) -> SourceRunner:
-    settings = make_settings(data_dir, sources=[{"name": "src", **source}])
+def make_runner(data_dir: Path, settings_overrides: dict[str, Any] | None = None, **source: Any) -> SourceRunner:
+    settings = make_settings(data_dir, sources=[{"name": "src", **source}], **(settings_overrides or {}))
     return SourceRunner(settings, settings.sources[0], SqliteLog.from_settings(settings), base_dir=data_dir)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import gzip
 import os
@@ -89,6 +90,7 @@ def test_csv_parquet_and_json_files(data_dir: Path, drop: Path) -> None:
 def test_bad_lines_and_a_corrupt_archive_are_quarantined_the_rest_lands(data_dir: Path, drop: Path) -> None:
     (drop / "a.ndjson").write_bytes(
         b'{"event":"ok","userId":"u1"}\n{broken\n{"userId":"u2"}\n{"event":"ok","userId":"u3"}\n'
+        b'{"event":"ok","userId":"Ren\xe9"}\n'  # latin-1, not UTF-8: a wrong encoding
     )
     (drop / "b.ndjson.gz").write_bytes(gzip.compress(_ndjson([{"event": "gz", "userId": "x"}] * 50))[:-30])  # truncated
     (drop / "c.ndjson").write_bytes(b'{"event":"ok","userId":"u4"}\n')
@@ -99,17 +101,20 @@ def test_bad_lines_and_a_corrupt_archive_are_quarantined_the_rest_lands(data_dir
     envelopes = log_envelopes(runner.event_log)
     assert sorted(e["userId"] for e in events_of(envelopes)) == ["u1", "u3", "u4"]  # nothing of the archive
     reasons = sorted(q["q"] for q in quarantined(envelopes))
-    assert len(reasons) == 3, reasons
+    assert len(reasons) == 4, reasons
     assert reasons[0].startswith("a.ndjson record 2: invalid JSON")
     assert reasons[1].startswith("a.ndjson record 3: mapping.event: the record has no value at 'event'")
-    assert reasons[2].startswith("file b.ndjson.gz:")
+    assert reasons[2].startswith("a.ndjson record 5: invalid JSON: str is not valid UTF-8")
+    assert reasons[3].startswith("file b.ndjson.gz:")
     assert all(q["m"]["src"] == "src" and q["m"]["ep"] == "source.files" for q in quarantined(envelopes))
     assert any(q["raw"] == "{broken" for q in quarantined(envelopes))
+    latin = base64.b64encode(b'{"event":"ok","userId":"Ren\xe9"}').decode()
+    assert any(q["raw"] == f"base64:{latin}" for q in quarantined(envelopes))  # the bytes kept exactly
     store = FileStore(runner.settings.effective_catalog_uri, "src")
     assert store.counts() == {"done": 2, "failed": 1}
     failed = next(r for r in store.recent() if r.state == "failed")
     assert failed.path.endswith("b.ndjson.gz") and failed.error and "b.ndjson.gz" in failed.error
-    assert runner.status.rejected == 3
+    assert runner.status.rejected == 4
     store.close()
     runner.close()
 

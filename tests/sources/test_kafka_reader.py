@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -15,8 +16,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from headwater.core.errors import SourceError, SourceUnavailable
 from headwater.core.source_settings import SourceSettings
+from headwater.lake.tables import open_catalog
 from headwater.sources.base import Delivery
 from headwater.sources.kafka import KafkaTopicReader
+from headwater.sources.lander import SourceLander
 from tests.services import KafkaBroker, free_ports
 from tests.sources.support import events_of, log_envelopes, make_runner, quarantined
 
@@ -353,3 +356,56 @@ def test_runner_end_to_end_with_a_restart(kafka_broker: KafkaBroker, tmp_path: P
         assert again.step(0.5) == 0
     finally:
         again.close()
+
+
+def test_avro_records_with_a_schema_registry_through_the_runner_into_a_table(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Klarna's shape: Avro on a topic, schemas in a registry, a record holding several decisions (flattened),
+    landed in a table of its own with exact decimals; a record of an unknown schema id is quarantined."""
+    from tests.sources.test_avro import Registry, _wire
+
+    schema = {
+        "type": "record", "name": "Batch", "fields": [
+            {"name": "customer", "type": "string"},
+            {"name": "decisions", "type": {"type": "array", "items": {"type": "record", "name": "Decision", "fields": [
+                {"name": "id", "type": "string"},
+                {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+                {"name": "approved", "type": "boolean"}]}}}],
+    }  # fmt: skip
+    registry = Registry()
+    registry.register(7, schema)
+    registry.thread.start()
+    try:
+        topic = _topic(kafka_broker)
+        producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+        for i in range(5):
+            decisions = [
+                {"id": f"d{i}-{j}", "amount": Decimal(f"{i}{j}.5{j}"), "approved": j % 2 == 0} for j in range(3)
+            ]
+            producer.produce(topic, _wire(7, schema, {"customer": f"c{i}", "decisions": decisions}))
+        producer.produce(topic, b"\x00\x00\x00\x00\x63" + b"junk")  # schema id 99: unknown
+        assert producer.flush(30) == 0
+        runner = make_runner(
+            tmp_path, kind="kafka", format="avro", bootstrap_servers=kafka_broker.bootstrap, topic=topic,
+            schema_registry_url=registry.url, flatten="decisions", table="decisions",
+        )  # fmt: skip
+        handled, deadline = 0, time.monotonic() + WAIT_S
+        while handled < 6:
+            assert time.monotonic() < deadline, f"handled {handled} of 6"
+            handled += runner.step(0.5)
+        bad = quarantined(log_envelopes(runner.event_log))
+        assert len(bad) == 1 and "unknown schema id" in bad[0]["q"] and bad[0]["raw"].startswith("base64:")
+        lander = SourceLander(open_catalog(runner.settings), runner.event_log, runner.source)
+        while lander.poll(timeout_s=0.2):
+            pass
+        lander.close()
+        rows = open_catalog(runner.settings).load_table(("headwater", "decisions")).scan().to_arrow()
+        assert rows.num_rows == 15 and registry.requests == {7: 1, 99: 1}
+        by_id = {r["id"]: r for r in rows.to_pylist()}
+        assert by_id["d3-1"]["amount"] == Decimal("31.51") and by_id["d3-1"]["customer"] == "c3"
+        assert by_id["d3-1"]["approved"] is False and by_id["d3-1"]["_source_id"] == f"{topic}:0:3#1"
+        runner.close()
+    finally:
+        registry.server.shutdown()
+        registry.server.server_close()

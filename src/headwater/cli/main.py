@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -73,7 +74,7 @@ def account_store(kind: str, config: Path | None, data_dir: Path | None) -> Iter
 
 
 def fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")  # a message is text, not markup ([[sources]])
     raise typer.Exit(code)
 
 

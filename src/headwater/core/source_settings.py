@@ -77,7 +77,9 @@ class SourceSettings(BaseModel):
     # --- files
     path: str = Field("", description="files: a local directory or s3://bucket/prefix to watch.")
     pattern: str = Field("*", description="files: glob of file names to take (e.g. '*.ndjson.gz').")
-    move_to: str | None = Field(None, description="files: move done files into this directory (local only).")
+    move_to: str | None = Field(
+        None, description="files: move done files into this directory (or s3://bucket/prefix, on the same store)."
+    )
     poll_seconds: float = Field(1.0, gt=0, description="files: how often to look for new files.")
     csv_delimiter: str = Field(",", min_length=1, max_length=1, description="csv: field delimiter.")
     # --- cobol
@@ -115,6 +117,8 @@ class SourceSettings(BaseModel):
             raise ValueError(f"source {self.name!r}: format grib needs kind = files and a `table`")
         if self.format in ("csv", "parquet") and self.kind != "files":
             raise ValueError(f"source {self.name!r}: format {self.format} is for kind = files")
+        if self.format == "avro" and self.kind == "files":
+            raise ValueError(f"source {self.name!r}: format avro is for kafka and rabbitmq messages")
         if self.format == "avro" and not (self.avro_schema or self.schema_registry_url):
             raise ValueError(f"source {self.name!r}: format avro needs `avro_schema` or `schema_registry_url`")
         if self.format == "cobol" and not (self.cobol.get("copybook") or self.cobol.get("copybooks")):

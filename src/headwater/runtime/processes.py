@@ -21,6 +21,7 @@ from headwater.runtime.lifecycle import die_with_parent
 from headwater.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
+SOURCE_RETRY_S = 30
 
 
 def serve(settings: Settings, port_file: Path | None = None) -> None:
@@ -198,7 +199,9 @@ def run_processors(settings: Settings, specs: list[str], replay: str | None = No
 
 def run_source(settings: Settings, name: str) -> None:
     """Run the configured source `name` until SIGTERM/SIGINT, then land what it read and stop."""
+    from headwater.core.errors import SourceError
     from headwater.sources.runner import SourceRunner
+    from headwater.sources.status import SourceStatus
 
     source = settings.source(name)
     setup_logging(settings.log_level, settings.json_logs, f"source:{name}")
@@ -207,7 +210,19 @@ def run_source(settings: Settings, name: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    runner = SourceRunner(settings, source, open_log(settings))
+    while not stop.is_set():
+        try:
+            runner = SourceRunner(settings, source, open_log(settings))
+            break
+        except SourceError as exc:  # e.g. a missing copybook or directory: shown on the Sources page, retried
+            log.error("source %s cannot start: %s; retrying in %d s", name, exc, SOURCE_RETRY_S)
+            status = SourceStatus(settings, source)
+            status.state = "failed"
+            status.error(str(exc))
+            status.write(force=True)
+            stop.wait(SOURCE_RETRY_S)
+    else:
+        return
     log.info("source %s (%s, %s) started", name, source.kind, source.format)
     runner.run(stop)
     log.info("source %s stopped after %d records", name, runner.status.records_in)

@@ -292,9 +292,10 @@ class FilesReader:
         self.store.update(key, records=records, state="done", finished_at=time.time())
         row = self.store.get(key)
         if self.source.move_to and row is not None:
-            target = self.source.move_to.rstrip("/") + "/" + row.path.rsplit("/", 1)[-1]
+            folder = self.source.move_to.removeprefix("s3://").rstrip("/")
+            target = folder + "/" + row.path.rsplit("/", 1)[-1]
             try:
-                self.fs.create_dir(self.source.move_to.rstrip("/"), recursive=True)
+                self.fs.create_dir(folder, recursive=True)
                 self.fs.move(row.path, target)
             except (OSError, pa.ArrowException) as exc:
                 self.store.update(key, error=f"done, but not moved to {self.source.move_to}: {exc}")
