@@ -108,6 +108,9 @@ def up(
     watcher.start()
     if demo:
         _start_demo(settings, url, stop)
+    running = [s.name for s in settings.sources if s.enabled]
+    if running:
+        console.print(f"Sources: {escape(', '.join(running))} (state: headwater sources, or the Sources page)")
     console.print("Stop with Ctrl-C (intake stops first, then buffered events are committed).")
     stop.wait()
     console.print("stopping: closing intake, committing buffered events…")

@@ -84,6 +84,9 @@ class Supervisor:
     def stop(self) -> None:
         self.stopping.set()
         sources = [name for name in self.procs if name.startswith("source:")]
+        for name in sources:  # every source at once: each lands what it read, then stops
+            if self.procs[name].poll() is None:
+                self.procs[name].send_signal(signal.SIGTERM)
         for name in [*sources, "server", "process", "writer"]:  # intake first, then checkpoint, then drain
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:

@@ -14,8 +14,11 @@ local files modified in the last second.
 
 from __future__ import annotations
 
+import base64
+import codecs
 import fnmatch
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +36,27 @@ from headwater.sources.base import Delivery
 from headwater.sources.file_store import FileRow, FileStore
 from headwater.sources.formats import decode_json
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+CSV_BLOCK_BYTES = 16 << 20
+"""CSV column types are inferred from the first block this size (a later surprise: text columns)."""
 SETTLE_S = 1.0
 _SKIP_SUFFIXES = (".tmp", ".part", ".crdownload", ".partial")
+
+
+FileRecord = tuple[int, bytes, dict[str, Any] | None]
+"""(record number, payload, decoded value) of one record of a file."""
+
+
+@dataclass(slots=True)
+class BadRecord:
+    """A row a file reader could not split into fields (a CSV line with too many columns)."""
+
+    after: int
+    """Number of the last good record before it (the resume point that covers it)."""
+    where: str
+    reason: str
+    raw: bytes
 
 
 @dataclass(slots=True)
@@ -97,7 +118,7 @@ class FilesReader:
         self._yielded = -1
         self._next_scan = 0.0
         self._pending: list[DroppedFile] = []
-        self._decoder: Any = None
+        self._raw: pa.NativeFile | None = None
 
     # --- finding files
     def scan(self) -> list[DroppedFile]:
@@ -155,7 +176,7 @@ class FilesReader:
         self._last_index[key] = last
         self._records, self._current = None, None
         if not out:  # nothing left to acknowledge (empty file, or every record taken before a crash)
-            self._finish(key, last + 1)
+            self.finish(key, last + 1)
         return out
 
     def _open(self, dropped: DroppedFile) -> None:
@@ -170,7 +191,14 @@ class FilesReader:
         key, name = dropped.key, dropped.name
         index = -1
         try:
-            for index, payload, value in self._file_records(dropped):
+            for item in self._file_records(dropped):
+                if isinstance(item, BadRecord):  # quarantined alone; the file goes on
+                    if item.after < skip:
+                        continue
+                    token = (key, max(index, skip - 1), name)
+                    yield Delivery(item.raw, f"{key}:bad:{item.where}", token, None, now, error=f"{name} {item.reason}")
+                    continue
+                index, payload, value = item
                 if index < skip:
                     continue
                 yield Delivery(payload, f"{key}:{index}", (key, index, name), value, now)
@@ -178,40 +206,46 @@ class FilesReader:
             reason = f"file {dropped.name}: {exc}"
             if index >= 0:
                 reason += f" (after {index + 1} records, which were kept)"
+            partial = getattr(exc, "data", None)  # a truncated fixed/RDW record: its bytes
+            raw = "base64:" + base64.b64encode(partial).decode() if partial else f"file:{dropped.path}"
             yield Delivery(
-                f"file:{dropped.path}".encode(), f"{key}:failed", (key, max(index + 1, skip), name, "failed"),
+                raw.encode(), f"{key}:failed", (key, max(index + 1, skip), name, "failed"),
                 received_ms=now, error=reason,
             )  # fmt: skip
 
     def _stream(self, dropped: DroppedFile) -> pa.NativeFile:
+        """The file's bytes, decompressed; `self._raw` is the underlying stream (progress = its position)."""
         raw = self.fs.open_input_stream(dropped.path, compression=None)
         head = raw.read(4)
         raw.close()
         raw = self.fs.open_input_stream(dropped.path, compression=None)
         codec = _compression(head)
+        self._raw = raw
         if codec is None:
             return raw
         check = pa.CompressedInputStream(raw, codec)
         while check.read(CHUNK * 8):  # a corrupt or truncated archive fails here, before any record
             pass
         check.close()
-        return pa.CompressedInputStream(self.fs.open_input_stream(dropped.path, compression=None), codec)
+        self._raw = self.fs.open_input_file(dropped.path)  # random access: its position is the progress
+        return pa.CompressedInputStream(self._raw, codec)
 
-    def _file_records(self, dropped: DroppedFile) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
+    def _file_records(self, dropped: DroppedFile) -> Iterator[FileRecord | BadRecord]:
         fmt = self.source.format
         if fmt == "parquet":
             parquet = pq.ParquetFile(self.fs.open_input_file(dropped.path))
+            total = parquet.metadata.num_rows or 1
             index = 0
             for batch in parquet.iter_batches(batch_size=8_192):
-                self._read_bytes += batch.nbytes
                 for row in batch.to_pylist():
                     yield index, b"", row
                     index += 1
+                self._read_bytes = int(dropped.size * index / total)
             return
         stream = self._stream(dropped)
         try:
             if fmt == "csv":
-                yield from self._csv(stream)
+                yield from self._csv(dropped, stream)
             elif fmt == "json":
                 doc = stream.read()
                 self._read_bytes = len(doc)
@@ -220,18 +254,33 @@ class FilesReader:
             elif fmt == "cobol":
                 yield from self._frames(stream)
             else:  # ndjson: one record per line; a payload with a bad line is quarantined alone
-                yield from self._lines(stream)
+                limit = dropped.size if stream is self._raw else None  # a file that grows is read as listed
+                yield from self._lines(stream, limit)
         finally:
             stream.close()
+            self._raw = None
 
-    def _lines(self, stream: pa.NativeFile) -> Iterator[tuple[int, bytes, None]]:
+    def _position(self, fallback: int) -> int:
+        raw = self._raw
+        try:
+            return raw.tell() if raw is not None else fallback
+        except (OSError, pa.ArrowException):
+            return fallback
+
+    def _lines(self, stream: pa.NativeFile, limit: int | None) -> Iterator[FileRecord]:
         index = 0
         tail = b""
+        taken = 0
+        first = True
         while True:
-            chunk = stream.read(CHUNK)
+            chunk = stream.read(CHUNK if limit is None else min(CHUNK, limit - taken))
             if not chunk:
                 break
-            self._read_bytes += len(chunk)
+            taken += len(chunk)
+            if first and chunk.startswith(codecs.BOM_UTF8):
+                chunk, first = chunk[len(codecs.BOM_UTF8) :], False
+            first = False
+            self._read_bytes = self._position(taken)
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
             for line in lines:
@@ -241,29 +290,52 @@ class FilesReader:
         if tail.strip():
             yield index, tail, None
 
-    def _csv(self, stream: pa.NativeFile) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
-        bad: list[str] = []
+    def _csv(self, dropped: DroppedFile, stream: pa.NativeFile) -> Iterator[FileRecord | BadRecord]:
+        """Rows with the types pyarrow infers from the first block; if a later block does not convert (a
+        zip code `2A004` in a column of numbers), the rest of the file is read again with text columns."""
+        bad: list[BadRecord] = []
+        index = 0
 
         def invalid(row: Any) -> str:
-            bad.append(f"line {row.number}: expected {row.expected_columns} columns, got {row.actual_columns}")
+            where = f"line {row.number}" if row.number is not None else f"a row after record {index}"
+            reason = f"{where}: expected {row.expected_columns} columns, got {row.actual_columns}"
+            bad.append(BadRecord(index - 1, str(row.number or f"r{index}"), reason, (row.text or "").encode()))
             return "skip"
 
         parse = pa_csv.ParseOptions(delimiter=self.source.csv_delimiter, invalid_row_handler=invalid)
-        reader = pa_csv.open_csv(stream, parse_options=parse, read_options=pa_csv.ReadOptions(block_size=16 << 20))
-        index = 0
-        for batch in reader:
-            self._read_bytes += batch.nbytes
-            for row in batch.to_pylist():
-                yield index, b"", row
-                index += 1
-        if bad:
-            raise SourceError(f"{len(bad)} malformed CSV rows skipped ({'; '.join(bad[:5])})")
+        read = pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
+        convert = pa_csv.ConvertOptions()
+        while True:
+            reader = pa_csv.open_csv(stream, parse_options=parse, read_options=read, convert_options=convert)
+            skip, index = index, 0
+            try:
+                for batch in reader:
+                    self._read_bytes = self._position(self._read_bytes + batch.nbytes)
+                    yield from (b for b in bad if b.after + 1 >= skip)  # (a second pass saw them already)
+                    bad.clear()
+                    for row in batch.to_pylist():
+                        if index >= skip:
+                            yield index, b"", row
+                        index += 1
+                yield from (b for b in bad if b.after + 1 >= skip)
+                return
+            except pa.ArrowInvalid as exc:
+                if "conversion error" not in str(exc) or convert.column_types:
+                    raise
+                log.info("%s: %s; reading the rest with text columns", dropped.name, exc)
+                convert = pa_csv.ConvertOptions(column_types={name: pa.string() for name in reader.schema.names})
+                stream.close()
+                stream = self._stream(dropped)
+                bad.clear()
+                index = max(index, skip)
 
-    def _frames(self, stream: pa.NativeFile) -> Iterator[tuple[int, bytes, None]]:
+    def _frames(self, stream: pa.NativeFile) -> Iterator[FileRecord]:
         from headwater.sources.cobol_format import split_frames
 
+        taken = 0
         for index, frame in enumerate(split_frames(stream, self.source.cobol)):
-            self._read_bytes += len(frame)
+            taken += len(frame)
+            self._read_bytes = self._position(taken)
             yield index, frame, None
 
     # --- acknowledging
@@ -272,22 +344,23 @@ class FilesReader:
         failed: dict[str, tuple[int, str]] = {}
         for delivery in deliveries:
             key, index = delivery.token[0], delivery.token[1]
-            if delivery.error is not None:
-                failed[key] = (index, delivery.error)
-            else:
+            if len(delivery.token) > 3:  # the file itself failed
+                failed[key] = (index, delivery.error or "failed")
+            else:  # a record, or a bad row (its token: the record before it)
                 done[key] = max(done.get(key, 0), index + 1)
         for key, records in done.items():
             if key in failed:
                 continue
             if self._last_index.get(key) == records - 1:
-                self._finish(key, records)
+                self.finish(key, records)
             else:
                 self.store.update(key, records=records)
         for key, (records, error) in failed.items():
             self._last_index.pop(key, None)
             self.store.update(key, records=records, state="failed", error=error, finished_at=time.time())
 
-    def _finish(self, key: str, records: int) -> None:
+    def finish(self, key: str, records: int) -> None:
+        """Mark the file done (and move it to `move_to`; an archived file of the same name is kept)."""
         self._last_index.pop(key, None)
         self.store.update(key, records=records, state="done", finished_at=time.time())
         row = self.store.get(key)
@@ -296,6 +369,9 @@ class FilesReader:
             target = folder + "/" + row.path.rsplit("/", 1)[-1]
             try:
                 self.fs.create_dir(folder, recursive=True)
+                if self.fs.get_file_info(target).type != pafs.FileType.NotFound:
+                    stem, dot, suffix = target.rpartition("/")[2].partition(".")
+                    target = f"{folder}/{stem}-{key[:8]}{dot}{suffix}"
                 self.fs.move(row.path, target)
             except (OSError, pa.ArrowException) as exc:
                 self.store.update(key, error=f"done, but not moved to {self.source.move_to}: {exc}")

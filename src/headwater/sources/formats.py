@@ -34,7 +34,9 @@ def json_default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, set | frozenset | tuple):
         return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return str(value)  # anything else a decoder may give (intervals, UUIDs, ...) as its text
 
 
 def to_json(value: Any) -> bytes:

@@ -92,7 +92,7 @@ class GribLoader:
             return 0
         row = self.reader.store.start(dropped.key, dropped.path, dropped.size)
         if row.records and self._landed(dropped.key):  # landed, then the crash came before `done`
-            self.reader.store.update(dropped.key, state="done", finished_at=time.time())
+            self.reader.finish(dropped.key, row.records)
             return 1
         self.reader.store.update(dropped.key, records=1)  # marks "a commit may exist" for the check above
         try:
@@ -100,7 +100,7 @@ class GribLoader:
         except GribError as exc:
             self._fail(dropped, str(exc))
             return 1
-        self.reader.store.update(dropped.key, state="done", records=rows, finished_at=time.time())
+        self.reader.finish(dropped.key, rows)  # done, and moved to `move_to` when set
         self.status.count(1, rows, 0)
         self.rows += rows
         log.info("source %s: %s landed, %d grid points", self.source.name, dropped.name, rows)

@@ -29,6 +29,7 @@ from headwater.sources.status import SourceStatus
 
 log = logging.getLogger(__name__)
 LAND_EVERY_S = 0.3
+_RECEIVED = pa.timestamp("us", tz="UTC")
 DECIMAL_KEY = "$decimal"
 
 
@@ -39,6 +40,15 @@ def feed_json(value: Any) -> bytes:
         return {DECIMAL_KEY: str(item)} if isinstance(item, Decimal) else json_default(item)
 
     return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def column_name(name: str, row: dict[str, Any]) -> str:
+    """A record field's column: `_field` for an empty name, a trailing `_` where it would clash with a
+    column Headwater adds (`_source_id`, `_received_at`) or a field seen already."""
+    name = name or "_field"
+    while name in row:
+        name += "_"
+    return name
 
 
 def _cell(value: Any) -> Any:
@@ -69,43 +79,54 @@ class SourceLander(StreamTableWriter):
                 "_received_at": datetime.fromtimestamp(envelope["m"]["ra"] / 1000, tz=UTC),
             }
             for name, value in envelope["r"].items():
-                if name not in row:
-                    row[str(name)] = _cell(value)
+                row[column_name(str(name), row)] = _cell(value)
             rows.append(row)
         try:
-            table = rows_table(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            rows = self._split_mixed(rows)
-            table = rows_table(rows)
-        if self.table is not None:  # a column with no value yet waits for one: its type is unknown
-            known = set(self.table.schema().column_names)
-            empty = [f.name for f in table.schema if pa.types.is_null(f.type) and f.name not in known]
-            table = table.drop_columns(empty)
-        else:
-            table = table.drop_columns([f.name for f in table.schema if pa.types.is_null(f.type)])
-        return normalise_types(table, self.time_column)
+            table = self._typed(rows)
+        except (pa.ArrowException, OverflowError, ValueError, TypeError):
+            rows = self._split_mixed(rows)  # values that do not fit their column: quarantined, not a stuck batch
+            try:
+                table = self._typed(rows)
+            except (pa.ArrowException, OverflowError, ValueError, TypeError) as exc:
+                self._quarantine_rows(rows, [f"cannot be landed in table {self.table_name}: {exc}"] * len(rows))
+                rows = []
+                table = self._typed(rows)
+        return table
+
+    def _typed(self, rows: list[dict[str, Any]]) -> pa.Table:
+        if not rows:  # every row quarantined: an empty batch still records how far the stream was read
+            return pa.table({"_source_id": pa.array([], pa.string()), "_received_at": pa.array([], _RECEIVED)})
+        table = rows_table(rows)
+        known = set(self.table.schema().column_names) if self.table is not None else set()
+        empty = [f.name for f in table.schema if pa.types.is_null(f.type) and f.name not in known]
+        return normalise_types(table.drop_columns(empty), self.time_column)  # an all-null column waits for a value
 
     def _split_mixed(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows whose value has another type than its column (the table's, else the batch's first) go to
-        quarantine; the others are returned."""
+        """Each value cast to its column's type (the table's, else that of the batch's first value, as tables
+        keep it: int64, float64, decimal(38, s)); rows with a value that does not cast go to quarantine."""
         existing = {f.name: f.type for f in self.table.schema().as_arrow()} if self.table is not None else {}
-        names = {name for row in rows for name in row}
+        names = {name for row in rows for name in row} - {"_source_id", "_received_at"}
         bad: dict[int, str] = {}
         for name in names:
             values = [row.get(name) for row in rows]
-            try:
-                pa.array(values)
-                if name not in existing:
+            expected = existing.get(name)
+            if expected is None:
+                first = next((v for v in values if v is not None), None)
+                if first is None:
                     continue
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                pass
-            expected = existing.get(name) or next(pa.array([v]).type for v in values if v is not None)
+                try:
+                    expected = normalise_types(pa.table({name: pa.array([first])})).schema.field(name).type
+                except (pa.ArrowException, OverflowError, ValueError, TypeError) as exc:
+                    expected = None
+                    reason = f"column {name}: {first!r:.60} has no column type ({exc})"
+                    bad.update({i: reason for i, v in enumerate(values) if v is not None and i not in bad})
+                    continue
             for index, value in enumerate(values):
                 if value is None or index in bad:
                     continue
                 try:
-                    pa.array([value]).cast(expected)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                    rows[index][name] = pa.array([value]).cast(expected).to_pylist()[0]
+                except (pa.ArrowException, OverflowError, ValueError, TypeError):
                     bad[index] = (
                         f"column {name} is {expected} in table {self.table_name}; got {value!r:.60}, "
                         "which cannot be cast"
@@ -125,7 +146,11 @@ class SourceLander(StreamTableWriter):
                 {"src": self.source.name, "ep": f"source.{self.source.kind}",
                  "ra": int(row["_received_at"].timestamp() * 1000)}
             )  # fmt: skip
-            raw = to_json({k: v for k, v in row.items() if k != "_received_at" and v is not None}).decode()
+            fields = {k: v for k, v in row.items() if k != "_received_at" and v is not None}
+            try:
+                raw = to_json(fields).decode()
+            except (TypeError, ValueError):  # an integer over 64 bits
+                raw = repr(fields)
             body = b'{"m":' + meta + b',"q":' + orjson.dumps(reason) + b',"raw":' + orjson.dumps(raw) + b"}"
             envelopes.append((None, body))
             keys.append((self.source.name, f"{row['_source_id']}#schema"))

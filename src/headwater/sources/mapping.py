@@ -73,8 +73,11 @@ class EventMapper:
         self.consumed = {e.consumes() for e in self.extract.values()} - {None}
         self.timestamp_format = settings.timestamp_format
 
-    def event(self, record: dict[str, Any], stable_id: str) -> tuple[str, str, dict[str, Any]]:
-        """(partition key, message id, event object); raises InvalidEvent naming the field."""
+    def event(self, record: dict[str, Any], stable_id: str, suffix: str = "") -> tuple[str, str, dict[str, Any]]:
+        """(partition key, message id, event object); raises InvalidEvent naming the field.
+
+        `suffix` (`#i`) is added to a message id taken from the record when one payload holds several
+        records (flattened), which would otherwise share their parent's id and collapse into one."""
         obj: dict[str, Any] = {}
         for column, extract in self.extract.items():
             value = extract(record)
@@ -106,8 +109,8 @@ class EventMapper:
         message_id = obj.get("messageId")
         if message_id is None or message_id == "":
             obj["messageId"] = stable_id
-        elif not isinstance(message_id, str):
-            obj["messageId"] = str(message_id)
+        else:
+            obj["messageId"] = f"{message_id}{suffix}"
         key, _ = check_raw_track(obj)
         return key, obj["messageId"], obj
 

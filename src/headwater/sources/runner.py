@@ -25,19 +25,20 @@ from typing import Any
 
 import orjson
 
-from headwater.core.errors import RecordError, SourceError, SourceUnavailable
+from headwater.core.errors import LogError, RecordError, SourceError, SourceUnavailable
 from headwater.core.events import RAW_TRACK, InvalidEvent, check_raw_track
 from headwater.core.settings import Settings
 from headwater.core.source_settings import SourceSettings
 from headwater.log.base import AppendResult, EventLog, Producer
 from headwater.sources.base import Delivery, SourceReader
-from headwater.sources.formats import Decoded, RecordFormat, raw_text, to_json
+from headwater.sources.formats import Decoded, RecordFormat, lookup, raw_text, to_json
 from headwater.sources.lander import feed_json
 from headwater.sources.mapping import EventMapper
 from headwater.sources.status import SourceStatus
 
 log = logging.getLogger(__name__)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
+STATUS_EVERY_S = 5.0
 
 Envelope = tuple[bytes | None, bytes]
 
@@ -145,42 +146,56 @@ class SourceRunner:
                 continue
             many = len(result) > 1
             for index, record in enumerate(result):
-                stable_id = f"{delivery.stable_id}#{index}" if many else delivery.stable_id
-                self._add(batch, delivery, record, stable_id)
+                suffix = f"#{index}" if many else ""
+                self._add(batch, delivery, record, delivery.stable_id + suffix if many else delivery.stable_id, suffix)
         return batch
 
     @property
     def _binary(self) -> bool:
         return self.format is not None and self.format.binary
 
-    def _add(self, batch: Batch, delivery: Delivery, record: dict[str, Any], stable_id: str) -> None:
+    def _add(self, batch: Batch, delivery: Delivery, record: dict[str, Any], stable_id: str, suffix: str) -> None:
+        """One record's envelope for the target; `suffix` (`#i`) tells the items of one payload apart."""
         name = self.source.name
-        if self.source.feed_stream is not None:
-            meta = self._meta(delivery.received_ms, "source")
-            body = b'{"m":' + meta + b',"id":' + orjson.dumps(stable_id) + b',"r":' + feed_json(record) + b"}"
-            batch.target.append((stable_id.encode(), body))
-            batch.target_keys.append((name, stable_id))
-            return
-        if self._passthrough and delivery.value is None and stable_id is delivery.stable_id:
-            fast = self._as_is(delivery, record, stable_id)
-            if fast is not None:
-                batch.target.append(fast[0])
-                batch.target_keys.append((name, fast[1]))
-                return
         try:
-            key, message_id, event = self.mapper.event(record, stable_id)
+            if self.source.feed_stream is not None:
+                record_id = lookup(record, self.source.id_field) if self.source.id_field else None
+                if record_id is not None and record_id != "":  # the record's own id: re-sent copies collapse
+                    stable_id = f"{record_id}{suffix}"
+                meta = self._meta(delivery.received_ms, "source")
+                body = b'{"m":' + meta + b',"id":' + orjson.dumps(stable_id) + b',"r":' + feed_json(record) + b"}"
+                batch.target.append((stable_id.encode(), body))
+                batch.target_keys.append((name, stable_id))
+                return
+            if self._passthrough and delivery.value is None and not suffix:
+                fast = self._as_is(delivery, record, stable_id)
+                if fast is not None:
+                    batch.target.append(fast[0])
+                    batch.target_keys.append((name, fast[1]))
+                    return
+            key, message_id, event = self.mapper.event(record, stable_id, suffix)
             body = b'{"m":' + self._meta(delivery.received_ms, RAW_TRACK) + b',"e":' + to_json(event) + b"}"
         except (InvalidEvent, TypeError, ValueError) as exc:
-            raw = to_json(record).decode() if delivery.value is not None or self._binary else None
-            self._quarantine(batch, delivery, str(exc), raw or raw_text(delivery.payload, False), stable_id)
+            self._quarantine(batch, delivery, str(exc), self._raw_record(delivery, record), stable_id)
             return
         batch.target.append((key.encode(), body))
         batch.target_keys.append((name, message_id))
+
+    def _raw_record(self, delivery: Delivery, record: dict[str, Any]) -> str:
+        """The quarantine `raw` of a record that decoded but cannot be used: its payload when that is text."""
+        if delivery.value is None and not self._binary:
+            return raw_text(delivery.payload, False)
+        try:
+            return to_json(record).decode()
+        except (TypeError, ValueError):  # (an integer over 64 bits, say)
+            return repr(record)
 
     def _as_is(self, delivery: Delivery, record: dict[str, Any], stable_id: str) -> tuple[Envelope, str] | None:
         """A record that is already a valid `/track` event goes to the log as the bytes it came in (the
         collector's way: no re-serialising), with the stable id spliced in as its messageId when it has
         none. None: let the mapper build the event (its defaults apply)."""
+        if "messageId" in record and record["messageId"] is None:
+            return None  # a null messageId: the mapper replaces it (splicing would repeat the key)
         try:
             key, message_id = check_raw_track(record)
         except InvalidEvent:
@@ -235,7 +250,7 @@ class SourceRunner:
                     self.step()
                     self._backoff = BACKOFF_MIN_S
                     self.status.state = "running"
-                except SourceUnavailable as exc:
+                except (SourceUnavailable, LogError) as exc:  # upstream, or Headwater's own log (full, down)
                     self._failed("reconnecting", exc, stop, self._backoff)
                     self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
                 except SourceError as exc:
@@ -252,8 +267,10 @@ class SourceRunner:
         self.status.state = state
         self.status.error(str(exc))
         log.warning("source %s: %s; retrying in %.1f s", self.source.name, exc, wait_s)
-        self.status.write(force=True)
-        stop.wait(wait_s)
+        until = time.monotonic() + wait_s
+        while not stop.is_set() and (left := until - time.monotonic()) > 0:
+            self.status.write(force=True)  # a fresh status: the page does not take the wait for a dead process
+            stop.wait(min(left, STATUS_EVERY_S))
 
     def _refresh(self, lander: Any, force: bool = False) -> None:
         if not force and time.time() - self.status._written < 1.0:
