@@ -141,11 +141,12 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(data_dir=data_dir, **overrides)
 
 
-def read_stream(event_log: Any, stream: str, since: dict[int, int] | None = None) -> list[dict[str, Any]]:
-    """Every record of a processor's output stream ({"k", "v", "t", "id"}), partition by partition."""
+def read_stream(event_log: Any, stream: str | None, since: dict[int, int] | None = None) -> list[dict[str, Any]]:
+    """Every record of a stream, decoded (a processor's outputs: {"k", "v", "t", "id"}; the events log when
+    `stream` is None: collector envelopes), partition by partition."""
     import orjson
 
-    reader = event_log.stream(stream).reader()
+    reader = (event_log.stream(stream) if stream else event_log).reader()
     try:
         out: list[dict[str, Any]] = []
         for partition, end in reader.end_offsets().items():

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from headwater.log.sqlite import SqliteLog
 from headwater.sources.runner import SourceRunner
-from tests.helpers import make_settings
+from tests.helpers import make_settings, read_stream
 
 
 def make_runner(data_dir: Path, settings_overrides: dict[str, Any] | None = None, **source: Any) -> SourceRunner:
@@ -29,20 +27,7 @@ def drain(runner: SourceRunner, idle_steps: int = 3, timeout_s: float = 0.05) ->
 
 def log_envelopes(event_log: Any, stream: str | None = None) -> list[dict[str, Any]]:
     """Every envelope in the events log (or a stream), partition by partition."""
-    reader = (event_log.stream(stream) if stream else event_log).reader()
-    out: list[dict[str, Any]] = []
-    try:
-        for partition, end in reader.end_offsets().items():
-            position = 0
-            while position < end:
-                records = reader.read(partition, position, 5000)
-                if not records:
-                    break
-                out.extend(orjson.loads(r.value) for r in records)
-                position = records[-1].offset + 1
-    finally:
-        reader.close()
-    return out
+    return read_stream(event_log, stream)
 
 
 def events_of(envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:

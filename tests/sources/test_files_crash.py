@@ -43,7 +43,9 @@ def test_kill_9_mid_file_then_restart_lands_every_line_once(tmp_path: Path) -> N
         )
         assert rows == [[LINES, LINES, LINES]]
         second.wait_rows("SELECT count(*) FROM quarantine", [[0]], 5)
-        done = orjson.loads(status.read_bytes())
-        assert done["progress"]["files"] == {"done": 1}, done
+        deadline = time.monotonic() + 30  # the file is marked done at the read after its last batch
+        while orjson.loads(status.read_bytes())["progress"].get("files") != {"done": 1}:
+            assert time.monotonic() < deadline, orjson.loads(status.read_bytes())
+            time.sleep(0.1)
     finally:
         second.stop()

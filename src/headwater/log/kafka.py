@@ -35,6 +35,21 @@ T = TypeVar("T")
 _TIMEOUT_S = 10.0
 
 
+def seek_when_ready(consumer: _Consumer, where: TopicPartition) -> None:
+    """Seek, retrying for a few seconds: a partition just assigned may not be fetching yet (_STATE).
+
+    Never poll or consume between attempts: a message it returned would be lost. Raises the last
+    KafkaException when the partition never becomes ready."""
+    for attempt in range(50):
+        try:
+            consumer.seek(where)
+            return
+        except KafkaException:
+            if attempt == 49:
+                raise
+            time.sleep(0.05)
+
+
 class KafkaLog:
     """A Kafka topic as Headwater's event log; creates the topic when it is missing."""
 
@@ -448,14 +463,10 @@ class KafkaConsumer:
         if partition not in self._assigned:
             return
         self._positions[partition] = offset
-        for attempt in range(50):  # a partition just assigned may not be fetching yet (_STATE)
-            try:
-                self._consumer.seek(TopicPartition(self.topic, partition, offset))
-                return
-            except KafkaException as exc:
-                if attempt == 49:
-                    raise LogError(f"cannot seek partition {partition}: {exc.args[0].str()}") from exc
-                time.sleep(0.05)  # never poll() here: a message it returned would be lost
+        try:
+            seek_when_ready(self._consumer, TopicPartition(self.topic, partition, offset))
+        except KafkaException as exc:
+            raise LogError(f"cannot seek partition {partition}: {exc.args[0].str()}") from exc
 
     def positions(self) -> dict[int, int]:
         """Next offset to read for each owned partition this member has read from or sought."""

@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 
 from headwater.core.errors import SourceError, SourceUnavailable
 from headwater.core.source_settings import SourceSettings
+from headwater.log.kafka import seek_when_ready
 from headwater.sources.base import Delivery
 
 log = logging.getLogger(__name__)
@@ -170,14 +171,10 @@ class KafkaTopicReader:
         self._unresolved.difference_update(waiting)
 
     def _seek(self, partition: int, offset: int) -> None:
-        for attempt in range(50):  # a partition just assigned may not be fetching yet (_STATE)
-            try:
-                self._consumer.seek(TopicPartition(self.topic, partition, offset))
-                return
-            except KafkaException as exc:
-                if attempt == 49:
-                    raise SourceUnavailable(f"Kafka source {self.topic}: seek {partition}: {exc}") from exc
-                time.sleep(0.05)  # never consume() here: what it returned would be lost
+        try:
+            seek_when_ready(self._consumer, TopicPartition(self.topic, partition, offset))
+        except KafkaException as exc:
+            raise SourceUnavailable(f"Kafka source {self.topic}: seek {partition}: {exc}") from exc
 
     def _start_offsets(self, partitions: list[int]) -> dict[int, int]:
         """Where partitions without a committed offset start, for latest or a time (earliest: librdkafka)."""
