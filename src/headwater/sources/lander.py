@@ -25,7 +25,6 @@ from headwater.lake.stream_table import StreamTableWriter, normalise_types, rows
 from headwater.lake.tables import open_catalog
 from headwater.log.base import EventLog, Record
 from headwater.sources.formats import json_default, to_json
-from headwater.sources.status import SourceStatus
 
 log = logging.getLogger(__name__)
 LAND_EVERY_S = 0.3
@@ -185,6 +184,7 @@ class LanderThread:
 
 
 def start_lander(
-    settings: Settings, source: SourceSettings, event_log: EventLog, stop: threading.Event, status: SourceStatus
+    settings: Settings, source: SourceSettings, event_log: EventLog, stop: threading.Event
 ) -> LanderThread:
+    """The lander of a table-bound source, running in a thread of the source's process."""
     return LanderThread(SourceLander(open_catalog(settings), event_log, source), stop)

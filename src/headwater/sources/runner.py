@@ -147,7 +147,7 @@ class SourceRunner:
             many = len(result) > 1
             for index, record in enumerate(result):
                 suffix = f"#{index}" if many else ""
-                self._add(batch, delivery, record, delivery.stable_id + suffix if many else delivery.stable_id, suffix)
+                self._add(batch, delivery, record, delivery.stable_id + suffix, suffix)
         return batch
 
     @property
@@ -217,7 +217,7 @@ class SourceRunner:
         if describe is not None and delivery.error is None:
             reason = f"{describe(delivery)}: {reason}"
         if delivery.value is not None and not delivery.payload:
-            raw = to_json(delivery.value).decode()
+            raw = self._raw_record(delivery, delivery.value)
         meta = self._meta(delivery.received_ms, f"source.{self.source.kind}")
         body = b'{"m":' + meta + b',"q":' + orjson.dumps(reason) + b',"raw":' + orjson.dumps(raw) + b"}"
         batch.quarantine.append((None, body))
@@ -273,7 +273,7 @@ class SourceRunner:
             stop.wait(min(left, STATUS_EVERY_S))
 
     def _refresh(self, lander: Any, force: bool = False) -> None:
-        if not force and time.time() - self.status._written < 1.0:
+        if not force and time.time() - self.status.written_at < 1.0:
             return
         try:
             self.status.lag = self.reader.lag()
@@ -290,7 +290,7 @@ class SourceRunner:
             return None
         from headwater.sources.lander import start_lander
 
-        return start_lander(self.settings, self.source, self.event_log, stop, self.status)
+        return start_lander(self.settings, self.source, self.event_log, stop)
 
     def close(self) -> None:
         self.reader.close()

@@ -36,7 +36,7 @@ class SourceStatus:
         self.rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_REJECTIONS)
         self.started_at = time.time()
         self._rates: collections.deque[tuple[float, int]] = collections.deque(maxlen=30)
-        self._written = 0.0
+        self.written_at = 0.0
 
     def reject(self, stable_id: str, reason: str, raw: str) -> None:
         self.rejected += 1
@@ -67,9 +67,9 @@ class SourceStatus:
 
     def write(self, force: bool = False) -> None:
         now = time.time()
-        if not force and now - self._written < WRITE_EVERY_S:
+        if not force and now - self.written_at < WRITE_EVERY_S:
             return
-        self._written = now
+        self.written_at = now
         self._rates.append((now, self.records_in))
         if self.lag is not None:
             metrics.SOURCE_LAG.labels(self.source.name).set(self.lag)
