@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +18,11 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitServer]
         yield server.start()
     finally:
         server.close()
+
+
+@pytest.fixture
+def drop(tmp_path: Path) -> Path:
+    """A folder a files source watches."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    return folder

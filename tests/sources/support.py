@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from headwater.log.sqlite import SqliteLog
 from headwater.sources.runner import SourceRunner
 from tests.helpers import make_settings, read_stream
+
+
+def settled(path: Path) -> Path:
+    """Age a dropped file: the files reader skips files modified in the last second (still being written)."""
+    past = time.time() - 5
+    os.utime(path, (past, past))
+    return path
+
+
+def put_file(folder: Path, name: str, data: bytes) -> Path:
+    """Drop a file whole into a watched folder."""
+    path = folder / name
+    path.write_bytes(data)
+    return settled(path)
+
+
+def ndjson(rows: list[dict[str, Any]]) -> bytes:
+    return b"\n".join(orjson.dumps(r) for r in rows) + b"\n"
 
 
 def make_runner(data_dir: Path, settings_overrides: dict[str, Any] | None = None, **source: Any) -> SourceRunner:

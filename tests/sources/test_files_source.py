@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import csv
 import gzip
-import os
 import time
 from pathlib import Path
 
@@ -16,34 +15,17 @@ import pytest
 
 from headwater.core.errors import SourceError, SourceUnavailable
 from headwater.sources.file_store import FileStore
-from tests.sources.support import drain, events_of, log_envelopes, make_runner, quarantined
-
-
-def _settled(path: Path) -> None:
-    """Files modified in the last second are skipped (still being written): age this one."""
-    past = time.time() - 5
-    os.utime(path, (past, past))
-
-
-def _ndjson(rows: list[dict[str, object]]) -> bytes:
-    return b"\n".join(orjson.dumps(r) for r in rows) + b"\n"
-
-
-@pytest.fixture
-def drop(tmp_path: Path) -> Path:
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    return folder
+from tests.sources.support import drain, events_of, log_envelopes, make_runner, ndjson, quarantined, settled
 
 
 def test_ndjson_plain_gzip_and_zstd_with_mapping(data_dir: Path, drop: Path) -> None:
     rows = [{"kind": "bet", "who": {"id": f"u{i}"}, "at": f"2026-11-2{i % 3}T10:00:00Z", "stake": i} for i in range(30)]
-    (drop / "a.ndjson").write_bytes(_ndjson(rows[:10]))
-    (drop / "b.ndjson.gz").write_bytes(gzip.compress(_ndjson(rows[10:20])))
+    (drop / "a.ndjson").write_bytes(ndjson(rows[:10]))
+    (drop / "b.ndjson.gz").write_bytes(gzip.compress(ndjson(rows[10:20])))
     with pa.output_stream(str(drop / "c.ndjson.zst"), compression="zstd") as out:
-        out.write(_ndjson(rows[20:]))
+        out.write(ndjson(rows[20:]))
     for path in drop.iterdir():
-        _settled(path)
+        settled(path)
     runner = make_runner(
         data_dir, kind="files", format="ndjson", path=str(drop),
         mapping={"event": "{kind}_placed", "user_id": "who.id", "timestamp": "at"},
@@ -73,7 +55,7 @@ def test_csv_parquet_and_json_files(data_dir: Path, drop: Path) -> None:
         orjson.dumps([{"event": "j", "anonymousId": "a1"}, {"event": "j", "anonymousId": "a2"}])
     )
     for path in drop.iterdir():
-        _settled(path)
+        settled(path)
     total = 0
     for fmt, pattern in (("csv", "*.csv"), ("parquet", "*.parquet"), ("json", "*.json")):
         runner = make_runner(data_dir, kind="files", format=fmt, path=str(drop), pattern=pattern, name=f"f-{fmt}")
@@ -92,10 +74,10 @@ def test_bad_lines_and_a_corrupt_archive_are_quarantined_the_rest_lands(data_dir
         b'{"event":"ok","userId":"u1"}\n{broken\n{"userId":"u2"}\n{"event":"ok","userId":"u3"}\n'
         b'{"event":"ok","userId":"Ren\xe9"}\n'  # latin-1, not UTF-8: a wrong encoding
     )
-    (drop / "b.ndjson.gz").write_bytes(gzip.compress(_ndjson([{"event": "gz", "userId": "x"}] * 50))[:-30])  # truncated
+    (drop / "b.ndjson.gz").write_bytes(gzip.compress(ndjson([{"event": "gz", "userId": "x"}] * 50))[:-30])  # truncated
     (drop / "c.ndjson").write_bytes(b'{"event":"ok","userId":"u4"}\n')
     for path in drop.iterdir():
-        _settled(path)
+        settled(path)
     runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), mapping={"event": "event"})
     drain(runner)
     envelopes = log_envelopes(runner.event_log)
@@ -126,8 +108,8 @@ class Crash(Exception):
 def test_a_crash_between_append_and_acknowledge_repeats_nothing(data_dir: Path, drop: Path) -> None:
     """The worst crash point: records durable in the log, progress not saved; the next run re-reads them."""
     rows = [{"event": "e", "userId": f"u{i}", "n": i} for i in range(1000)]
-    (drop / "big.ndjson").write_bytes(_ndjson(rows))
-    _settled(drop / "big.ndjson")
+    (drop / "big.ndjson").write_bytes(ndjson(rows))
+    settled(drop / "big.ndjson")
     runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), batch_size=64)
     acknowledge = runner.reader.acknowledge
     calls = 0
@@ -156,14 +138,14 @@ def test_a_crash_between_append_and_acknowledge_repeats_nothing(data_dir: Path, 
 
 
 def test_done_files_are_moved_and_never_read_twice(data_dir: Path, drop: Path, tmp_path: Path) -> None:
-    (drop / "a.ndjson").write_bytes(_ndjson([{"event": "e", "userId": "u"}]))
-    _settled(drop / "a.ndjson")
+    (drop / "a.ndjson").write_bytes(ndjson([{"event": "e", "userId": "u"}]))
+    settled(drop / "a.ndjson")
     done = tmp_path / "done"
     runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), move_to=str(done), poll_seconds=0.01)
     assert drain(runner) == 1
     assert not (drop / "a.ndjson").exists() and (done / "a.ndjson").exists()
-    (drop / "b.ndjson").write_bytes(_ndjson([{"event": "e", "userId": "v"}]))
-    _settled(drop / "b.ndjson")
+    (drop / "b.ndjson").write_bytes(ndjson([{"event": "e", "userId": "v"}]))
+    settled(drop / "b.ndjson")
     assert drain(runner) == 1
     runner.close()
     again = make_runner(data_dir, kind="files", format="ndjson", path=str(drop))
@@ -172,14 +154,14 @@ def test_done_files_are_moved_and_never_read_twice(data_dir: Path, drop: Path, t
 
 
 def test_fresh_files_wait_and_temporary_names_are_skipped(data_dir: Path, drop: Path) -> None:
-    (drop / "new.ndjson").write_bytes(_ndjson([{"event": "e", "userId": "u"}]))  # modified just now
+    (drop / "new.ndjson").write_bytes(ndjson([{"event": "e", "userId": "u"}]))  # modified just now
     (drop / ".hidden.ndjson").write_bytes(b"x")
     (drop / "part.ndjson.tmp").write_bytes(b"x")
-    _settled(drop / ".hidden.ndjson")
-    _settled(drop / "part.ndjson.tmp")
+    settled(drop / ".hidden.ndjson")
+    settled(drop / "part.ndjson.tmp")
     runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), poll_seconds=0.01)
     assert drain(runner) == 0
-    _settled(drop / "new.ndjson")
+    settled(drop / "new.ndjson")
     time.sleep(0.02)
     assert drain(runner) == 1
     runner.close()
@@ -192,8 +174,8 @@ def test_a_missing_directory_is_a_clear_error(data_dir: Path, tmp_path: Path) ->
 
 def test_a_failed_batch_is_retried_before_anything_newer_is_read(data_dir: Path, drop: Path) -> None:
     """Acknowledging a later batch would acknowledge the failed one too: it must go first, as it was."""
-    (drop / "a.ndjson").write_bytes(_ndjson([{"event": "e", "userId": f"u{i}", "n": i} for i in range(10)]) + b"{bad")
-    _settled(drop / "a.ndjson")
+    (drop / "a.ndjson").write_bytes(ndjson([{"event": "e", "userId": f"u{i}", "n": i} for i in range(10)]) + b"{bad")
+    settled(drop / "a.ndjson")
     runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), batch_size=4)
     acknowledge = runner.reader.acknowledge
     failures = iter([True])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -15,12 +13,7 @@ from headwater.lake.tables import NAMESPACE, open_catalog
 from headwater.loadgen.grib import Field, write_grib
 from headwater.sources.file_store import FileStore
 from headwater.sources.lander import SourceLander
-from tests.sources.support import drain, log_envelopes, make_runner, quarantined
-
-
-def _settled(path: Path) -> None:
-    past = time.time() - 5
-    os.utime(path, (past, past))
+from tests.sources.support import drain, log_envelopes, make_runner, quarantined, settled
 
 
 def _land(runner: object) -> SourceLander:
@@ -34,7 +27,7 @@ def test_new_fields_evolve_the_table_and_type_conflicts_are_quarantined(data_dir
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "a.ndjson").write_bytes(b"\n".join(orjson.dumps({"id": i, "name": f"n{i}"}) for i in range(5)))
-    _settled(drop / "a.ndjson")
+    settled(drop / "a.ndjson")
     runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), table="drops", poll_seconds=0.01)
     assert drain(runner) == 5
     lander = _land(runner)
@@ -44,7 +37,7 @@ def test_new_fields_evolve_the_table_and_type_conflicts_are_quarantined(data_dir
 
     rows = [{"id": 5, "name": "n5", "score": 1.5, "tags": ["x"]}, {"id": "six", "name": "n6"}, {"id": 7, "name": None}]
     (drop / "b.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
-    _settled(drop / "b.ndjson")
+    settled(drop / "b.ndjson")
     assert drain(runner) == 3
     while lander.poll(timeout_s=0.1):
         pass
@@ -74,7 +67,7 @@ def test_records_of_different_shapes_in_one_batch_keep_every_field(data_dir: Pat
     drop.mkdir()
     rows = [{"kind": "start", "at": 1}, {"kind": "bet", "stake": 2.5, "horses": 3}, {"kind": "cancel", "reason": "x"}]
     (drop / "a.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
-    _settled(drop / "a.ndjson")
+    settled(drop / "a.ndjson")
     runner = make_runner(data_dir, kind="files", format="ndjson", path=str(drop), table="mixed")
     drain(runner)
     _land(runner).close()
@@ -94,7 +87,7 @@ def test_a_grib_drop_lands_as_a_gridded_table_once(data_dir: Path, tmp_path: Pat
     write_grib(drop / "a.grib2", [Field("2t", reference=ref, step=6), Field("10u", reference=ref, step=30)])
     (drop / "b.grib2").write_bytes((drop / "a.grib2").read_bytes()[:150])  # truncated
     for path in drop.iterdir():
-        _settled(path)
+        settled(path)
     runner = make_runner(data_dir, kind="files", format="grib", path=str(drop), table="weather", poll_seconds=0.01)
     drain(runner)
     table = open_catalog(runner.settings).load_table((NAMESPACE, "weather"))
