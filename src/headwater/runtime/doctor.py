@@ -1,4 +1,4 @@
-"""`headwater doctor`: checks the configured log, catalog, warehouse and query engine, in that order.
+"""`headwater doctor`: checks the configured log, catalog, warehouse, query engine and sources, in that order.
 
 Each check says what it found and, when it fails, what to change. A later check that depends on a
 failed one is skipped rather than reported as a second, confusing failure.
@@ -106,8 +106,25 @@ CHECKS: list[tuple[str, Callable[[Settings], Check]]] = [
 ]
 
 
+def source_checks(settings: Settings) -> list[Check]:
+    """One check per configured source: reachable, and its format usable (nothing changed upstream)."""
+    from pathlib import Path
+
+    from headwater.sources.checks import check_source
+
+    base_dir = Settings.config_file.parent if Settings.config_file else Path.cwd()
+    results = []
+    for source in settings.sources:
+        try:
+            ok, detail, fix = check_source(settings, source, base_dir)
+        except Exception as exc:
+            ok, detail, fix = False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", ""
+        results.append(Check(f"source {source.name}", ok, detail, fix))
+    return results
+
+
 def run_checks(settings: Settings) -> list[Check]:
-    """Every check, in order; the query check only runs when catalog and warehouse passed."""
+    """Every check, in order; the query check only runs when catalog and warehouse passed; then sources."""
     results: list[Check] = []
     for name, check in CHECKS:
         if name == "query engine" and not all(r.ok for r in results if r.name in ("catalog", "warehouse")):
@@ -118,4 +135,4 @@ def run_checks(settings: Settings) -> list[Check]:
         except Exception as exc:
             message = " ".join(str(exc).split())[:500] or type(exc).__name__
             results.append(Check(name, False, f"{type(exc).__name__}: {message}", FIXES[name]))
-    return results
+    return results + source_checks(settings)
