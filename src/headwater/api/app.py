@@ -28,6 +28,7 @@ from headwater.api.accounts import account_routes
 from headwater.api.boards import board_routes
 from headwater.api.principal import authenticate
 from headwater.api.processors import ProcessorRegistry, processor_routes
+from headwater.api.responses import error_response, json_response
 from headwater.api.sources import source_routes
 from headwater.auth.keys import KeyStore
 from headwater.auth.users import UserStore
@@ -159,14 +160,6 @@ def metrics_registry() -> CollectorRegistry:
     else:
         registry = REGISTRY
     return registry
-
-
-def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
-
-
-def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"success": False, "error": message}, status, headers)
 
 
 def build_app(settings: Settings) -> IngestApp:

@@ -25,12 +25,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from headwater.api.principal import authenticate
+from headwater.api.responses import error_response, json_response
 from headwater.core.errors import AuthError
 from headwater.processing.state import ServedReader
 
@@ -192,14 +192,6 @@ class ProcessorRegistry:
             self._readers.clear()
 
 
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload, default=str), status_code=status, media_type="application/json")
-
-
-def _error(message: str, status: int) -> Response:
-    return _json({"success": False, "error": message}, status)
-
-
 def processor_routes(services: Callable[[], Any]) -> list[Route]:
     """Routes reading `services().processors` (a ProcessorRegistry); auth as every /api read."""
 
@@ -210,22 +202,22 @@ def processor_routes(services: Callable[[], Any]) -> list[Route]:
                 authenticate(request, s.keys, s.users, "view")
                 return handler(request, s.processors)
             except AuthError as exc:
-                return _error(str(exc), exc.status)
+                return error_response(str(exc), exc.status)
             except NotFound as exc:
-                return _error(str(exc), 404)
+                return error_response(str(exc), 404)
             except ValueError as exc:
-                return _error(str(exc), 400)
+                return error_response(str(exc), 400)
 
         return endpoint
 
     def processors(request: Request, registry: ProcessorRegistry) -> Response:
-        return _json({"processors": registry.overview()})
+        return json_response({"processors": registry.overview()})
 
     def lookup(request: Request, registry: ProcessorRegistry) -> Response:
         key = request.path_params["key"]
         if not key:
             raise ValueError("key: empty; to list keys use GET /api/state/<table>?prefix=")
-        return _json(registry.get(request.path_params["table"], key))
+        return json_response(registry.get(request.path_params["table"], key))
 
     def scan(request: Request, registry: ProcessorRegistry) -> Response:
         params = request.query_params
@@ -233,7 +225,7 @@ def processor_routes(services: Callable[[], Any]) -> list[Route]:
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_SCAN:
             raise ValueError(f"limit: must be an integer from 1 to {MAX_SCAN}, got {limit!r}")
         start = params.get("start") or None
-        return _json(registry.scan(request.path_params["table"], params.get("prefix", ""), start, int(limit)))
+        return json_response(registry.scan(request.path_params["table"], params.get("prefix", ""), start, int(limit)))
 
     return [
         Route("/api/processors", guarded(processors), methods=["GET"]),

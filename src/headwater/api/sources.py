@@ -15,22 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from headwater.api.principal import authenticate
+from headwater.api.responses import error_response, json_response
 from headwater.core.errors import AuthError
 from headwater.sources.status import read_status
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload, default=str), status_code=status, media_type="application/json")
-
-
-def _error(message: str, status: int) -> Response:
-    return _json({"success": False, "error": message}, status)
 
 
 def source_routes(services: Callable[[], Any]) -> list[Route]:
@@ -41,22 +33,22 @@ def source_routes(services: Callable[[], Any]) -> list[Route]:
         try:
             authenticate(request, s.keys, s.users, "view")
         except AuthError as exc:
-            return _error(str(exc), exc.status)
-        return _json({"sources": [read_status(s.settings, source) for source in s.settings.sources]})
+            return error_response(str(exc), exc.status)
+        return json_response({"sources": [read_status(s.settings, source) for source in s.settings.sources]})
 
     async def one(request: Request) -> Response:
         s = services()
         try:
             authenticate(request, s.keys, s.users, "view")
         except AuthError as exc:
-            return _error(str(exc), exc.status)
+            return error_response(str(exc), exc.status)
         name = request.path_params["name"]
         for source in s.settings.sources:
             if source.name == name:
-                return _json(read_status(s.settings, source))
+                return json_response(read_status(s.settings, source))
         known = ", ".join(source.name for source in s.settings.sources)
         hint = f"configured: {known}" if known else "none is configured; add a [[sources]] table to headwater.toml"
-        return _error(f"no source named {name!r} ({hint})", 404)
+        return error_response(f"no source named {name!r} ({hint})", 404)
 
     return [
         Route("/api/sources", sources, methods=["GET"]),

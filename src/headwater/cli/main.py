@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
+from headwater.cli.options import ConfigOpt, DataDirOpt
 from headwater.core.errors import HeadwaterError
 from headwater.core.settings import Settings, load_settings
 
@@ -33,11 +34,6 @@ users_app = typer.Typer(help="Create, list and delete web users.", no_args_is_he
 app.add_typer(users_app, name="users")
 console = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (default ./headwater.toml)."),
-]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory (default ./.headwater).")]
 HostOpt = Annotated[str | None, typer.Option("--host", help="Address to bind.")]
 PortOpt = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on (0 = any free port).")]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -11,12 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from headwater.cli.options import ConfigOpt, DataDirOpt
 from headwater.core.errors import HeadwaterError
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (default ./headwater.toml).")
-]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory (default ./.headwater).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("source")
     def source(
-        name: Annotated[str, typer.Argument(help="Name of a [[sources]] table in the settings.")],
+        name: Annotated[str, typer.Argument(help="Name of a source (a \\[\\[sources]] table in the settings).")],
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
@@ -50,6 +51,13 @@ def normalise_types(table: pa.Table, time_column: str | None = None) -> pa.Table
             kind = pa.decimal128(38, kind.scale)
         fields.append(pa.field(field.name, kind, nullable=True))
     return table.cast(pa.schema(fields))
+
+
+def json_cell(value: Any) -> Any:
+    """A value as a table cell: objects and arrays as JSON text, anything else as it is."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, default=str).decode()
+    return value
 
 
 def rows_table(rows: list[dict[str, Any]]) -> pa.Table:

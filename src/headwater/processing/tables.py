@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from headwater.lake.stream_table import StreamTableWriter, normalise_types, rows_table
+from headwater.lake.stream_table import StreamTableWriter, json_cell, normalise_types, rows_table
 from headwater.log.base import Record
 from headwater.processing.records import decode_outputs
 
@@ -32,12 +32,6 @@ SIDE_SCHEMA = pa.schema(
 """Columns of `processor_late` and `processor_errors` (created empty, so they can be queried at once)."""
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return orjson.dumps(value, default=str).decode()
-    return value
-
-
 def rows_to_arrow(records: list[tuple[str | None, Any, int, str]]) -> pa.Table:
     rows = []
     for key, value, ts, output_id in records:
@@ -49,9 +43,9 @@ def rows_to_arrow(records: list[tuple[str | None, Any, int, str]]) -> pa.Table:
         if isinstance(value, dict):
             for name, cell in value.items():
                 if name not in FIXED:
-                    row[str(name)] = _cell(cell)
+                    row[str(name)] = json_cell(cell)
         else:
-            row["value"] = _cell(value)
+            row["value"] = json_cell(value)
         rows.append(row)
     return normalise_types(rows_table(rows), "event_time")
 

@@ -131,16 +131,22 @@ def _supervise_workers(children: list[int]) -> None:
         raise SystemExit(1)
 
 
-def run_writer(settings: Settings) -> None:
-    """Run the lake writer and table maintenance until SIGTERM/SIGINT, then drain and commit."""
-    from headwater.lake.writer import GROUP, LakeWriter
-
-    setup_logging(settings.log_level, settings.json_logs, "writer")
+def _start_worker(settings: Settings, component: str) -> threading.Event:
+    """Logging, dying with `up` when supervised, and the event SIGTERM/SIGINT set: what every worker does first."""
+    setup_logging(settings.log_level, settings.json_logs, component)
     if os.environ.get("HEADWATER_SUPERVISED") == "1":
         die_with_parent()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def run_writer(settings: Settings) -> None:
+    """Run the lake writer and table maintenance until SIGTERM/SIGINT, then drain and commit."""
+    from headwater.lake.writer import GROUP, LakeWriter
+
+    stop = _start_worker(settings, "writer")
     event_log = open_log(settings)
     consumer = event_log.consumer(GROUP)
     writer = LakeWriter(settings, consumer, event_log)
@@ -175,15 +181,10 @@ def run_processors(settings: Settings, specs: list[str], replay: str | None = No
     """Run the pipelines named by `specs` until SIGTERM/SIGINT, then checkpoint and stop."""
     from headwater.processing.worker import ProcessorWorker, load_pipelines
 
-    setup_logging(settings.log_level, settings.json_logs, "process")
-    if os.environ.get("HEADWATER_SUPERVISED") == "1":
-        die_with_parent()
+    stop = _start_worker(settings, "process")
     if not specs:
         raise ConfigError("no processors: name them (headwater process file.py:pipeline) or set `processors`")
     pipelines = [p for spec in specs for p in load_pipelines(spec)]
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     if replay is not None:
         from headwater.processing.runtime import Manifest
 
@@ -204,12 +205,7 @@ def run_source(settings: Settings, name: str) -> None:
     from headwater.sources.status import SourceStatus
 
     source = settings.source(name)
-    setup_logging(settings.log_level, settings.json_logs, f"source:{name}")
-    if os.environ.get("HEADWATER_SUPERVISED") == "1":
-        die_with_parent()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _start_worker(settings, f"source:{name}")
     while not stop.is_set():
         try:
             runner = SourceRunner(settings, source, open_log(settings))

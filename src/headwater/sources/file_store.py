@@ -30,6 +30,9 @@ FILES = sa.Table(
     sa.Column("finished_at", sa.Float),
 )
 
+_ROW_COLUMNS = [c for c in FILES.c if c.name != "source"]
+"""The columns of a FileRow, in its field order."""
+
 
 @dataclass(slots=True)
 class FileRow:
@@ -60,9 +63,7 @@ class FileStore:
     def get(self, file_key: str) -> FileRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(*[c for c in FILES.c if c.name != "source"]).where(
-                    FILES.c.source == self.source, FILES.c.file_key == file_key
-                )
+                sa.select(*_ROW_COLUMNS).where(FILES.c.source == self.source, FILES.c.file_key == file_key)
             ).first()
         return FileRow(*row) if row is not None else None
 
@@ -79,7 +80,10 @@ class FileStore:
             conn.execute(FILES.insert().values(**values))
         return FileRow(file_key, path, size, "reading", 0, 0, None, values["started_at"], None)
 
-    def update(self, file_key: str, **values: Any) -> None:
+    def update(self, file_key: str, more_rejected: int = 0, **values: Any) -> None:
+        """Set `values` on the file's row; `more_rejected` is added to its count of quarantined records."""
+        if more_rejected:
+            values["rejected"] = FILES.c.rejected + more_rejected
         with self.engine.begin() as conn:
             conn.execute(
                 FILES.update().where(FILES.c.source == self.source, FILES.c.file_key == file_key).values(**values)
@@ -88,7 +92,7 @@ class FileStore:
     def recent(self, limit: int = 20) -> list[FileRow]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(*[c for c in FILES.c if c.name != "source"])
+                sa.select(*_ROW_COLUMNS)
                 .where(FILES.c.source == self.source)
                 .order_by(FILES.c.started_at.desc())
                 .limit(limit)

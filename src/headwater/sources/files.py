@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import collections
 import fnmatch
 import hashlib
 import logging
@@ -119,6 +120,7 @@ class FilesReader:
         self._next_scan = 0.0
         self._pending: list[DroppedFile] = []
         self._raw: pa.NativeFile | None = None
+        self._rejected: collections.Counter[str] = collections.Counter()
 
     # --- finding files
     def scan(self) -> list[DroppedFile]:
@@ -351,18 +353,20 @@ class FilesReader:
         for key, records in done.items():
             if key in failed:
                 continue
+            rejected = self._rejected.pop(key, 0)
             if self._last_index.get(key) == records - 1:
-                self.finish(key, records)
+                self.finish(key, records, rejected)
             else:
-                self.store.update(key, records=records)
+                self.store.update(key, rejected, records=records)
         for key, (records, error) in failed.items():
             self._last_index.pop(key, None)
-            self.store.update(key, records=records, state="failed", error=error, finished_at=time.time())
+            rejected = self._rejected.pop(key, 0)
+            self.store.update(key, rejected, records=records, state="failed", error=error, finished_at=time.time())
 
-    def finish(self, key: str, records: int) -> None:
+    def finish(self, key: str, records: int, more_rejected: int = 0) -> None:
         """Mark the file done (and move it to `move_to`; an archived file of the same name is kept)."""
         self._last_index.pop(key, None)
-        self.store.update(key, records=records, state="done", finished_at=time.time())
+        self.store.update(key, more_rejected, records=records, state="done", finished_at=time.time())
         row = self.store.get(key)
         if self.source.move_to and row is not None:
             folder = self.source.move_to.removeprefix("s3://").rstrip("/")
@@ -385,10 +389,8 @@ class FilesReader:
         self._current, self._read_bytes = dropped, read_bytes
 
     def add_rejected(self, key: str, count: int) -> None:
-        """Count records of a file that went to quarantine (shown on the Sources page)."""
-        row = self.store.get(key)
-        if row is not None:
-            self.store.update(key, rejected=row.rejected + count)
+        """Count records of a file that go to quarantine (saved with the batch's acknowledgement)."""
+        self._rejected[key] += count
 
     def lag(self) -> int | None:
         """Files waiting (a file drop has no record count ahead of time)."""

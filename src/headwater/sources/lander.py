@@ -21,7 +21,7 @@ from pyiceberg.catalog import Catalog
 
 from headwater.core.settings import Settings
 from headwater.core.source_settings import SourceSettings
-from headwater.lake.stream_table import StreamTableWriter, normalise_types, rows_table
+from headwater.lake.stream_table import StreamTableWriter, json_cell, normalise_types, rows_table
 from headwater.lake.tables import open_catalog
 from headwater.log.base import EventLog, Record
 from headwater.sources.formats import json_default, to_json
@@ -51,13 +51,9 @@ def column_name(name: str, row: dict[str, Any]) -> str:
 
 
 def _cell(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and DECIMAL_KEY in value:
-            return Decimal(value[DECIMAL_KEY])
-        return orjson.dumps(value).decode()
-    if isinstance(value, list):
-        return orjson.dumps(value).decode()
-    return value
+    if isinstance(value, dict) and len(value) == 1 and DECIMAL_KEY in value:
+        return Decimal(value[DECIMAL_KEY])  # written by feed_json: an exact decimal
+    return json_cell(value)
 
 
 class SourceLander(StreamTableWriter):

@@ -19,6 +19,11 @@ WRITE_EVERY_S = 1.0
 STALE_AFTER_S = 10.0
 
 
+def target_of(source: SourceSettings) -> str:
+    """Where a source's records land, as the status shows it: `table NAME` or `stream NAME`."""
+    return f"table {source.table}" if source.table else f"stream {source.stream}"
+
+
 class SourceStatus:
     """Counters of one running source, flushed to Prometheus and to `<sources_dir>/<name>/status.json`."""
 
@@ -76,7 +81,7 @@ class SourceStatus:
         source = self.source
         doc = {
             "name": source.name, "kind": source.kind, "format": source.format,
-            "target": f"table {source.table}" if source.table else f"stream {source.stream}",
+            "target": target_of(source),
             "state": self.state, "pid": os.getpid(), "started_at": self.started_at, "updated_at": now,
             "records_in": self.records_in, "appended": self.appended, "rejected": self.rejected,
             "duplicates": self.duplicates, "errors": self.errors, "rate": round(self.rate(), 1), "lag": self.lag,
@@ -93,7 +98,7 @@ def read_status(settings: Settings, source: SourceSettings) -> dict[str, Any]:
     path: Path = settings.sources_dir / source.name / "status.json"
     base: dict[str, Any] = {
         "name": source.name, "kind": source.kind, "format": source.format, "enabled": source.enabled,
-        "target": f"table {source.table}" if source.table else f"stream {source.stream}",
+        "target": target_of(source),
     }  # fmt: skip
     try:
         doc = orjson.loads(path.read_bytes())
