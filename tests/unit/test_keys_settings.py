@@ -89,3 +89,13 @@ def test_users_passwords_sessions_and_roles(tmp_path: Path) -> None:
     assert store.session(stale) is None  # past its expiry
     store.delete("ana")
     assert store.list() == []
+
+
+def test_dedupe_window_must_cover_the_lateness_bound(tmp_path: Path) -> None:
+    from headwater.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lateness_bound_hours"):
+        load_settings(None, data_dir=tmp_path, dedupe_window_hours=24)
+    assert load_settings(None, data_dir=tmp_path, dedupe_window_hours=0).dedupe_window_hours == 0
+    kept = load_settings(None, data_dir=tmp_path, dedupe_window_hours=24, lateness_bound_hours=12)
+    assert kept.dedupe_window_hours == 24

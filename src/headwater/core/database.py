@@ -20,6 +20,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages (privacy)
     finally:
         cursor.close()
 

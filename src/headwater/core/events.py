@@ -273,6 +273,8 @@ class RowBuilder:
         return (prefix or self._id_prefix(log_id, partition)) + str(offset)
 
     def add(self, envelope: dict[str, Any], log_id: str, partition: int, offset: int) -> None:
+        if "x" in envelope:
+            return  # erased by a privacy deletion (headwater.core.erasure.ERASED)
         meta = envelope["m"]
         received = meta["ra"] * 1000
         if "q" in envelope:

@@ -24,6 +24,15 @@ LAKE_COMMIT_CONFLICTS = Counter(
     "headwater_lake_commit_conflicts", "Iceberg commits retried because another writer committed first", ["table"]
 )
 LAKE_COMPACTIONS = Counter("headwater_lake_compactions", "Partitions compacted", ["table"])
+RETENTION_PARTITIONS = Counter(
+    "headwater_retention_dropped_partitions", "Day partitions dropped by retention", ["table"]
+)
+RETENTION_ROWS = Counter("headwater_retention_dropped_rows", "Rows in day partitions dropped by retention", ["table"])
+LATE_EVENTS = Counter(
+    "headwater_late_events",
+    "Events committed to the lake an hour or more after their event time, by age (received_at - timestamp)",
+    ["table", "age"],
+)
 QUERY_SECONDS = Histogram(
     "headwater_query_seconds",
     "Query latency",
@@ -59,4 +68,9 @@ SOURCE_DUPLICATES = Counter(
 SOURCE_ERRORS = Counter("headwater_source_errors", "Upstream failures (connection lost, listing failed)", ["source"])
 SOURCE_LAG = Gauge(
     "headwater_source_lag", "Records (files, for file drops) waiting upstream", ["source"], multiprocess_mode="livemax"
+)
+PRIVACY_DELETIONS = Counter("headwater_privacy_deletions", "Deletion requests by how they ended", ["state"])
+PRIVACY_ROWS_REMOVED = Counter("headwater_privacy_rows_removed", "Rows deletions removed, by table", ["table"])
+EVENTS_SUPPRESSED = Counter(
+    "headwater_events_suppressed", "Events dropped at the collector because they carry a deleted id", ["source"]
 )

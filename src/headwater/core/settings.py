@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,7 +18,7 @@ from pydantic_settings import (
 from headwater.core.errors import ConfigError
 from headwater.core.source_settings import SourceSettings
 
-SECRET_FIELDS = frozenset({"catalog_uri", "app_db_uri", "demo_key", "s3_secret_access_key"})
+SECRET_FIELDS = frozenset({"catalog_uri", "app_db_uri", "demo_key", "s3_secret_access_key", "privacy_salt"})
 SECRET_OPTION_WORDS = ("password", "secret", "jaas", "key.pem", "ssl.key", "token")  # in kafka_client_options
 LogBackend = Literal["embedded", "kafka"]
 AppStore = Literal["keys", "users", "app"]  # API keys, web users and sessions, saved insights and dashboards
@@ -53,9 +53,16 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65_536, ge=256, description="Largest single event; larger ones are quarantined.")
     max_batch_events: int = Field(2_500, ge=1, description="Most events in one request; more gets 413.")
     dedupe_window_hours: float = Field(
-        24.0,
+        72.0,
         ge=0,
-        description="Same messageId from the same source within this window is stored once (0 disables).",
+        description="Same messageId from the same source within this window is stored once (0 disables); at "
+        "least lateness_bound_hours, so a retry of a late event is still stored once.",
+    )
+    lateness_bound_hours: float = Field(
+        72.0,
+        ge=0,
+        description="How late an event may arrive and still be de-duplicated and counted as late (SumUp: 72 h); "
+        "older ones are stored too, in their own day, and counted in the metric's `beyond` bucket.",
     )
 
     # --- event log
@@ -174,6 +181,49 @@ class Settings(BaseSettings):
         "shred_max_columns); env: a JSON list.",
     )
 
+    # --- privacy and lifecycle
+    privacy_expire_after_minutes: float = Field(
+        5.0,
+        ge=0,
+        le=1440,
+        description="After a deletion has rewritten the tables, snapshots that still hold the deleted rows are "
+        "expired and their files deleted once this much time has passed (queries running on them finish first); "
+        "the request completes then.",
+    )
+    privacy_suppress_days: float = Field(
+        0.0,
+        ge=0,
+        description="Days during which events carrying a deleted id are dropped at the collector and counted "
+        "(0 = no suppression; a request may ask for its own period).",
+    )
+    privacy_personal_properties: list[str] = Field(
+        default_factory=list,
+        description="Properties holding personal data (e.g. email): a deletion also removes the deleted people's "
+        "values of them from everyone else's events; env: a JSON list.",
+    )
+    privacy_wait_consumers_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long a deletion waits for the lake writer, processors and sources to get past the log "
+        "records it erased before it rewrites the tables.",
+    )
+    privacy_salt: str | None = Field(
+        None,
+        description="Salt of the hashes that stand for deleted ids in the audit trail and the suppression list "
+        "(default: generated once and kept in the catalog database).",
+    )
+    events_retention_days: int = Field(
+        0, ge=0, description="Day partitions of `events` older than this are dropped whole (0 = keep forever)."
+    )
+    quarantine_retention_days: int = Field(
+        30, ge=0, description="Day partitions of `quarantine` older than this are dropped whole (0 = keep forever)."
+    )
+    table_retention_days: dict[str, int] = Field(
+        default_factory=dict,
+        description="Retention in days of other lake tables (processor outputs, sources' own tables) by name; "
+        "env: a JSON object.",
+    )
+
     # --- query
     query_timeout_s: float = Field(30.0, gt=0, description="Queries running longer than this are cancelled.")
     query_max_rows: int = Field(
@@ -233,6 +283,17 @@ class Settings(BaseSettings):
         if shared:
             raise ValueError(f"sources: one source per table; shared: {', '.join(shared)}")
         return value
+
+    @model_validator(mode="after")
+    def _dedupe_covers_lateness(self) -> Settings:
+        """A retry of a late event must still meet its original within the de-duplication window."""
+        if 0 < self.dedupe_window_hours < self.lateness_bound_hours:
+            raise ValueError(
+                f"dedupe_window_hours = {self.dedupe_window_hours:g} is shorter than lateness_bound_hours = "
+                f"{self.lateness_bound_hours:g}: a retry of a late event could be stored twice; raise it, or set "
+                "it to 0 to turn de-duplication off"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -143,7 +144,7 @@ class FileWriter:
 
     def rows_per_file(self, table: Table) -> int:
         """Target rows per file from the table's own bytes per row (a default while it is empty)."""
-        per_row = DEFAULT_BYTES_PER_ROW[self.name]
+        per_row = DEFAULT_BYTES_PER_ROW.get(self.name, 100.0)
         snapshot = table.current_snapshot()
         summary: Any = snapshot.summary if snapshot is not None else None
         if summary is not None:
@@ -153,15 +154,22 @@ class FileWriter:
                 per_row = size / rows
         return max(MIN_FILE_ROWS, int(self.target_bytes / per_row))
 
-    def write(self, table: Table, rows: pa.Table) -> list[DataFile]:
-        """Write `rows` as data files (not committed yet); store their rollups."""
+    def write(
+        self, table: Table, rows: pa.Table, *, presorted: bool = False, fill: bool = True,
+        rollup: Callable[[pa.Table], bytes] | None = None, one_partition: bool = False,
+    ) -> list[DataFile]:  # fmt: skip
+        """Write `rows` as data files (not committed yet); store their rollups.
+
+        A rewrite of a file read back (`headwater.lake.rewrite`) passes `presorted` (rows are in the file's order
+        already), `one_partition` (they share the file's partition), `fill=False` when the rows carry every
+        shredded column already, and `rollup` to derive each file's rollup instead of computing it anew."""
         if rows.num_rows == 0:
             return []
-        if self.shredder is not None:  # may add columns (a schema change) and fills them, also in rows read back
+        if self.shredder is not None and fill:  # may add columns (a schema change), fills them in rows read back
             rows = self.shredder.apply(table, rows)
         metadata = table.metadata  # as the shredder left it: written with exactly these columns
         per_file = self.rows_per_file(table)
-        sort = [(key, "ascending") for key in SORT_KEYS[self.name]]
+        sort = [(key, "ascending") for key in SORT_KEYS.get(self.name, ())]
         write_uuid = uuid.uuid4()
         tasks: list[WriteTask] = []
         slices: list[pa.Table] = []
@@ -169,8 +177,14 @@ class FileWriter:
         task_schema = pyarrow_to_schema(
             rows.schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
         )
-        for partition in _determine_partitions(metadata.spec(), schema, rows):
-            part = partition.arrow_table_partition.sort_by(sort)
+        if one_partition:  # a file read back: its rows share one partition; find its key from one row
+            key = next(iter(_determine_partitions(metadata.spec(), schema, rows.slice(0, 1)))).partition_key
+            partitions = [(key, rows)]
+        else:
+            partitions = [(p.partition_key, p.arrow_table_partition)
+                          for p in _determine_partitions(metadata.spec(), schema, rows)]  # fmt: skip
+        for partition_key, part in partitions:
+            part = part if presorted else part.sort_by(sort)
             count = max(1, math.ceil(part.num_rows / per_file))
             size = math.ceil(part.num_rows / count)
             for start in range(0, part.num_rows, size):
@@ -182,17 +196,19 @@ class FileWriter:
                         task_id=len(tasks),
                         schema=task_schema,
                         record_batches=piece.to_batches(),
-                        partition_key=partition.partition_key,
+                        partition_key=partition_key,
                     )
                 )
         files = write_files(table.io, metadata, tasks)
         if self.rollups is not None and self.persons is not None:
             persons = self.persons
-            persons.prepare(rows.column("user_id"), rows.column("anonymous_id"))
-            self.rollups.put(
-                self.name,
-                {f.file_path: compute_rollup(piece, persons) for f, piece in zip(files, slices, strict=True)},
-            )
+            if rollup is None:
+                persons.prepare(rows.column("user_id"), rows.column("anonymous_id"))
+
+                def rollup(piece: pa.Table) -> bytes:
+                    return compute_rollup(piece, persons)
+
+            self.rollups.put(self.name, {f.file_path: rollup(piece) for f, piece in zip(files, slices, strict=True)})
         return files
 
     def append(self, table: Table, files: list[DataFile], properties: dict[str, str]) -> None:

@@ -8,7 +8,8 @@ that stopped receiving events ends as few large files). It runs in a writer's ow
 only in the writer that holds the `maintenance` lease, so one writer maintains the tables at a time. Every
 commit here is optimistic: when another writer appended in between, the catalog refuses it (nothing is lost)
 and the next round tries again. Commits carry the log offsets the table already recorded, so exactly-once
-bookkeeping survives compaction.
+bookkeeping survives compaction. Each round first drops the day partitions past retention
+(`headwater.lake.retention`); other tables with a retention are expired and swept with the writer's own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
@@ -28,6 +30,7 @@ from headwater.core import metrics
 from headwater.core.settings import Settings
 from headwater.lake.coordination import ClaimStore, Lease
 from headwater.lake.layout import FileWriter
+from headwater.lake.retention import Retention
 from headwater.lake.rollups import compute_rollup
 from headwater.lake.tables import carried_offsets
 
@@ -51,6 +54,7 @@ class Maintenance:
         self.claims = claims
         self._last_sweep = 0.0
         self.sweep_interval_s = 600.0
+        self.retention = Retention(settings, tables)
 
     def run(self) -> bool:
         """One round, when this writer holds the lease; return whether it ran."""
@@ -58,6 +62,8 @@ class Maintenance:
             return False
         for name in list(self.tables):
             self.tables[name].refresh()
+        self.retention.run()  # before compaction: a partition about to go is not compacted first
+        for name in list(self.tables):
             self.compact(name)
             self.expire(name)
         if time.monotonic() - self._last_sweep > self.sweep_interval_s:
@@ -67,6 +73,12 @@ class Maintenance:
             self.backfill_rollups()
             if self.claims is not None:
                 self.claims.purge()
+            for name in list(self.retention.others):  # their own writers commit meanwhile: a lost race waits
+                try:
+                    self.expire(name)
+                    self.sweep(name)
+                except CommitFailedException:
+                    log.info("expiring snapshots of %s lost a race with a commit; next sweep tries again", name)
         return True
 
     def compact(self, name: str, min_files: int | None = None, force: bool = False) -> int:
@@ -127,7 +139,7 @@ class Maintenance:
 
     def expire(self, name: str) -> int:
         """Expire snapshots past retention (and beyond the newest MAX_SNAPSHOTS)."""
-        table = self.tables[name]
+        table = self._table(name)
         snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms)
         current = table.current_snapshot()
         cutoff = int((time.time() - self.settings.snapshot_retention_minutes * 60) * 1000)
@@ -149,7 +161,7 @@ class Maintenance:
         files older than snapshot retention plus a grace period go, so a file a concurrent commit
         is about to reference is never touched.
         """
-        table = self.tables[name]
+        table = self._table(name)
         location = table.location()
         filesystem = self._object_store() if urlparse(location).scheme in ("s3", "s3a") else fs.LocalFileSystem()
         root = _strip_scheme(location)
@@ -168,7 +180,7 @@ class Maintenance:
                 for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
                     referenced.add(_strip_scheme(entry.data_file.file_path))
         cutoff = time.time() - grace
-        rollups = self.files[name].rollups
+        rollups = self.files[name].rollups if name in self.files else None
         if rollups is not None:  # rollups of files that no snapshot references any more
             stale = [p for p in rollups.paths(name) if _strip_scheme(p) not in referenced]
             created = rollups.created_ms(stale)
@@ -189,6 +201,10 @@ class Maintenance:
                 except FileNotFoundError:
                     continue
         return deleted
+
+    def _table(self, name: str) -> Table:
+        """The writer's table `name`, or another table retention keeps trimmed."""
+        return self.tables[name] if name in self.tables else self.retention.others[name]
 
     def _object_store(self) -> fs.FileSystem:
         s = self.settings

@@ -97,3 +97,32 @@ class PersonKeys:
                 keys = np.where(chunk.is_null().to_numpy(zero_copy_only=False), -1, keys)
             out.append(keys.astype(np.int64))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def keys_of(self, ids: Iterable[str]) -> dict[str, int]:
+        """The keys of the ids that have one (an id never seen in `events` has none)."""
+        wanted = sorted(set(ids))
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            with self.engine.connect() as conn:
+                query = sa.select(PERSON_KEYS.c.person_id, PERSON_KEYS.c.person_key).where(
+                    PERSON_KEYS.c.person_id.in_(chunk)
+                )
+                found.update({str(p): int(k) for p, k in conn.execute(query)})
+        return found
+
+    def forget(self, ids: Iterable[str]) -> int:
+        """Delete the ids' rows (a privacy deletion); their keys are never given to another id. Returns how many.
+
+        On SQLite the deleted rows' bytes are overwritten (`secure_delete`), not left in free pages."""
+        wanted = sorted(set(ids))
+        removed = 0
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.execute(sa.text("PRAGMA secure_delete = ON"))
+                removed += conn.execute(sa.delete(PERSON_KEYS).where(PERSON_KEYS.c.person_id.in_(chunk))).rowcount or 0
+        for pid in wanted:
+            self._cache.pop(pid, None)
+        return removed

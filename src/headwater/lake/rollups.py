@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -125,11 +126,73 @@ def compute_rollup(rows: pa.Table, persons: PersonKeys) -> bytes:
         users = _bitmap(user_keys[picked])
         people = users if same_people else _bitmap(person_keys[picked])
         emit(1, day, None, True, int(picked.sum()), users.serialize(), None if same_people else people.serialize())
+    return _serialise(out)
+
+
+def _read_rows(data: bytes) -> dict[str, list[Any]]:
+    return pa.ipc.open_stream(data).read_all().to_pydict()
+
+
+def _serialise(out: dict[str, list[object]]) -> bytes:
     table = pa.Table.from_pydict(out, schema=ROLLUP_SCHEMA)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, ROLLUP_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
+
+
+def people_of(data: bytes) -> BitMap:
+    """Every person key a file's rows carry (user ids and, where the user id is NULL, anonymous ids)."""
+    found = BitMap()
+    columns = _read_rows(data)
+    for kind, all_events, users, persons in zip(
+        columns["kind"], columns["all_events"], columns["users"], columns["persons"], strict=True
+    ):
+        if kind == 1 and all_events:
+            found |= BitMap.deserialize(users)
+            if persons is not None:
+                found |= BitMap.deserialize(persons)
+    return found
+
+
+def subtract_rollup(old: bytes, kept: pa.Table, removed: pa.Table, persons: PersonKeys) -> bytes | None:
+    """The rollup of `kept` from the rollup of `kept + removed` (a file a deletion rewrites) without reading
+    `kept` beyond two id columns; None when that is not exact, i.e. when a removed row's user id or person id
+    still appears in `kept` (then the caller computes the rollup of `kept` from scratch).
+
+    Exact because a person whose every row went leaves every set, and counts are per (hour or day, event)."""
+    removed_users = pc.unique(removed.column("user_id").drop_null())
+    removed_people = pc.unique(pc.coalesce(removed.column("user_id"), removed.column("anonymous_id")).drop_null())
+    if (
+        pc.any(pc.is_in(kept.column("user_id"), value_set=removed_users)).as_py()
+        or pc.any(
+            pc.is_in(pc.coalesce(kept.column("user_id"), kept.column("anonymous_id")), value_set=removed_people)
+        ).as_py()
+    ):
+        return None
+    gone_users = _bitmap(persons.key_array(removed_users))
+    gone_people = _bitmap(persons.key_array(removed_people))
+    micros = pc.cast(removed.column("timestamp"), pa.int64()).to_numpy()
+    hours = np.floor_divide(micros, US_PER_HOUR)
+    events = removed.column("event").to_pylist()
+    minus: dict[tuple[int, int, object], int] = {}
+    for hour, event in zip(hours.tolist(), events, strict=True):
+        for key in ((0, hour, event), (1, hour // 24, event), (1, hour // 24, ALL)):
+            minus[key] = minus.get(key, 0) + 1
+    columns = _read_rows(old)
+    out: dict[str, list[object]] = {f.name: [] for f in ROLLUP_SCHEMA}
+    for kind, bucket, event, all_events, n, users, people in zip(*columns.values(), strict=True):
+        left = int(n) - minus.get((kind, bucket, ALL if all_events else event), 0)
+        if left <= 0:
+            continue
+        if kind == 1:
+            user_set = BitMap.deserialize(users) - gone_users
+            users = user_set.serialize()
+            if people is not None:
+                people = (BitMap.deserialize(people) - gone_people).serialize()
+        for name, value in zip(out, (kind, bucket, event, all_events, left, users, people), strict=True):
+            out[name].append(value)
+    return _serialise(out)
 
 
 class RollupStore:
@@ -176,6 +239,15 @@ class RollupStore:
         while self._cached > self.cache_bytes and len(self._cache) > 1:
             _, dropped = self._cache.popitem(last=False)
             self._cached -= dropped.size
+
+    def raw(self, paths: Iterable[str]) -> dict[str, bytes]:
+        """Serialised rollups of the files that have one (uncached: a deletion reads each once)."""
+        found: dict[str, bytes] = {}
+        for chunk in _chunks(list(paths)):
+            with self.engine.connect() as conn:
+                query = sa.select(ROLLUPS.c.file_path, ROLLUPS.c.data).where(ROLLUPS.c.file_path.in_(chunk))
+                found.update({str(p): bytes(d) for p, d in conn.execute(query)})
+        return found
 
     def created_ms(self, paths: Iterable[str]) -> dict[str, int]:
         found: dict[str, int] = {}

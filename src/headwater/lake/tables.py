@@ -37,6 +37,11 @@ TABLE_PROPERTIES = {
     # Headwater retries a conflicting commit itself, after checking that the writer still owns its
     # partitions (lake/writer.py); pyiceberg's own retry would re-apply the append without that check.
     "commit.retry.num-retries": "0",
+    # Column bounds in manifests only where they prune or answer something (times, names); ids, payloads and
+    # JSON would otherwise leave 16-character prefixes of personal data in the table's metadata (privacy).
+    "write.metadata.metrics.default": "counts",
+    **{f"write.metadata.metrics.column.{c}": "full" for c in ("timestamp", "received_at", "sent_at", "log_offset")},
+    **{f"write.metadata.metrics.column.{c}": "truncate(16)" for c in ("type", "event", "source", "endpoint")},
 }
 
 EVENTS = Schema(

@@ -37,6 +37,7 @@ from headwater.core.settings import Settings
 from headwater.lake.coordination import ClaimStore, Lease, open_engine
 from headwater.lake.layout import file_writers
 from headwater.lake.maintenance import Maintenance
+from headwater.lake.retention import record_late
 from headwater.lake.tables import ensure_tables, offsets_property, open_catalog, snapshot_offsets
 from headwater.log.base import Consumer, EventLog, Record
 
@@ -197,6 +198,8 @@ class LakeWriter:
             metrics.LAKE_COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.LAKE_COMMITS.labels(name).inc()
             metrics.LAKE_ROWS.labels(name).inc(rows.num_rows)
+            if name == "events":
+                record_late(rows, self.settings.lateness_bound_hours)
             self.table_offsets[name] = merged
             self.commits += 1
             return

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from headwater.core.erasure import ERASED
 from headwater.core.events import RowBuilder
 from headwater.log.base import EventLog, Record, TailReader
 
@@ -115,6 +116,7 @@ class LiveTail:
             got = reader.read(partition, begin, limit)
             records.extend(got)
             positions[partition] = got[-1].offset + 1 if got else begin
+        records = [r for r in records if r.value != ERASED]  # a privacy deletion erased them
         records.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset))
         if not cursor:
             records = records[-limit:]

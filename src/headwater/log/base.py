@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from headwater.core.erasure import ErasureSet
 
 
 class Record(NamedTuple):
@@ -186,6 +189,9 @@ class EventLog(Protocol):
     partitions: int
     deduplicates: bool
     """True when append() itself drops repeated idempotency keys (else consumers must)."""
+    erasable: bool
+    """True when `erase` rewrites records in place (the embedded log); False for Kafka, whose records
+    leave only by retention."""
 
     def producer(self) -> Producer: ...
 
@@ -201,6 +207,12 @@ class EventLog(Protocol):
 
     def checkpointer(self, name: str, consumer: Consumer) -> Checkpointer:
         """Checkpoints of the processor run `name` that reads this log through `consumer`."""
+        ...
+
+    def erase(self, ids: ErasureSet) -> dict[str, int]:
+        """Replace the value of every record holding one of `ids` (its key, or a string in its value) by
+        ERASED, in this log and its named streams, offsets unchanged; records erased per log/stream.
+        Logs that cannot (`erasable = False`) return {}."""
         ...
 
     def stream(self, name: str) -> EventLog:

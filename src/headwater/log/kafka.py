@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from confluent_kafka import Consumer as _Consumer
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
@@ -28,6 +28,9 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from headwater.core.errors import BackPressureError, LogError
 from headwater.core.settings import Settings
 from headwater.log.base import AppendResult, Record
+
+if TYPE_CHECKING:
+    from headwater.core.erasure import ErasureSet
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2
@@ -55,6 +58,7 @@ class KafkaLog:
 
     backend = "kafka"
     deduplicates = False
+    erasable = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaLog:
@@ -108,6 +112,13 @@ class KafkaLog:
             self.ack_timeout_ms, topic_config={"cleanup.policy": "compact"},
         )  # fmt: skip
         return topic
+
+    def erase(self, ids: ErasureSet) -> dict[str, int]:
+        """Nothing: Kafka topics are immutable, no record can be rewritten. An erased person's records stay
+        in the topics until retention removes them (`retention.ms`; in a compacted changelog, until a
+        tombstone of the key is compacted): a consumer that reads them again before then (a replay from
+        the start) sees them. Deployments that must erase faster keep the topics' retention short."""
+        return {}
 
     def stream(self, name: str) -> KafkaLog:
         """The stream `name` as the topic `<topic>.<name>`, with this topic's partition count."""

@@ -16,13 +16,17 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.core.errors import LogError
 from headwater.core.settings import Settings
 from headwater.log.base import OutputRecord, Record
 from headwater.log.sqlite_producer import SqliteProducer
 from headwater.log.sqlite_store import OFFSETS_SCHEMA, SCHEMA, connect, decode_batch, encode_batch, read_partition
+
+if TYPE_CHECKING:
+    from headwater.core.erasure import ErasureSet
+    from headwater.log.erase import Progress
 
 __all__ = [
     "GROUP_EXPIRY_MS", "STREAM_NAME", "SqliteAdmin", "SqliteCheckpointer", "SqliteConsumer", "SqliteLog",
@@ -39,6 +43,7 @@ class SqliteLog:
 
     backend = "embedded"
     deduplicates = True
+    erasable = True
     offsets_key = "headwater.log-offsets"
 
     @classmethod
@@ -95,6 +100,13 @@ class SqliteLog:
 
     def checkpointer(self, name: str, consumer: Any) -> SqliteCheckpointer:
         return SqliteCheckpointer(self, name)
+
+    def erase(self, ids: ErasureSet, progress: Progress | None = None) -> dict[str, int]:
+        """Erase records holding `ids` from this log and its streams, in place (see `headwater.log.erase`);
+        records erased per log ('events') and stream name."""
+        from headwater.log.erase import erase_log
+
+        return erase_log(self, ids, progress)
 
     def stream(self, name: str) -> SqliteLog:
         """The stream `name`: its own SQLite file beside the events log (one writer lock per stream)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from headwater.core.erasure import is_erased
 from headwater.core.events import (
     RAW_MAPPED,
     RAW_TRACK,
@@ -62,8 +63,8 @@ class EventDecoder:
     def decode(self, records: list[Record]) -> Iterator[Decoded]:
         for record in records:
             envelope = orjson.loads(record.value)
-            if "q" in envelope:
-                continue  # quarantined at the collector: never given to processors
+            if "q" in envelope or is_erased(envelope):
+                continue  # quarantined at the collector, or erased (a privacy deletion): never given to processors
             try:
                 value, ts = self._event(envelope, record.partition, record.offset)
             except (InvalidEvent, TypeError, ValueError):
@@ -164,8 +165,11 @@ def decode_events(records: list[Record], log_id: str) -> Iterator[Decoded]:
 
 
 def decode_outputs(records: list[Record]) -> Iterator[Decoded]:
+    """Output-stream records decoded; erased ones (a privacy deletion) are skipped."""
     for record in records:
         envelope = orjson.loads(record.value)
+        if is_erased(envelope):
+            continue
         yield envelope["k"], envelope["v"], int(envelope["t"]), record.offset
 
 

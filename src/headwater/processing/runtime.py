@@ -21,6 +21,10 @@ fence drops them; Kafka, the state file is behind the changelog and catches up f
 member that lost its partitions has its transaction refused and drops its tasks. Wall-clock
 timers are the exception to determinism: their outputs carry an idempotency key (timer, key,
 due time) instead of relying on the fence.
+
+Privacy erasures (`processing.erasure`): between two batches the runner applies erasures ready on the
+board to its state and checkpoints at once, so the deletions and the erasure's sequence number commit
+together; it acknowledges after that. It holds its state file's `StateLock` while it runs.
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ from headwater.core.errors import LogError, ProcessingError
 from headwater.core.settings import Settings
 from headwater.log.base import Consumer, EventLog, OutputRecord, Record
 from headwater.processing.api import Pipeline
+from headwater.processing.erasure import ProcessorErasures
 from headwater.processing.records import Decoded, EventDecoder, decode_outputs, to_millis
 from headwater.processing.replay import LakeRows
-from headwater.processing.state import NO_OFFSET, StateStore
+from headwater.processing.state import NO_OFFSET, StateLock, StateStore
 from headwater.processing.task import Task
 
 log = logging.getLogger(__name__)
@@ -136,7 +141,11 @@ class ProcessorRunner:
         self.input_log = event_log if pipeline.input in EVENT_STREAMS else event_log.stream(pipeline.input)
         self._decoder = EventDecoder(self.input_log.log_id)
         self._decode = self._events if pipeline.input in EVENT_STREAMS else self._any
+        # held shared while running: erase_stopped_processors leaves a file in use to this process
+        self._state_lock = StateLock(self.manifest.state_path(self.run_id))
+        self._state_lock.acquire()
         self.state = StateStore(self.manifest.state_path(self.run_id))
+        self.erasures = ProcessorErasures(pipeline.name, settings.effective_catalog_uri) if settings else None
         lake, where = split_lake(start)
         self.lake_plan: dict[str, Any] | None = previous.get("lake") if previous and not new_run else None
         if lake:
@@ -276,6 +285,8 @@ class ProcessorRunner:
                 if floor is None or ts >= floor:
                     task.process(key, value, ts, offset)
             task.next_offset = max(task.next_offset, batch[-1].offset + 1)
+        if self.erasures is not None and self.erasures.due(self.tasks):
+            self._apply_erasures()
         now = time.monotonic()
         if now - self._last_tick >= 0.1:
             self._last_tick = now
@@ -287,13 +298,22 @@ class ProcessorRunner:
             self.checkpoint()
         return len(records)
 
+    def _apply_erasures(self) -> None:
+        """Privacy erasures ready on the board: delete in memory, checkpoint (deletions, tombstones and
+        the applied sequence numbers commit together), then acknowledge (`processing.erasure`)."""
+        assert self.erasures is not None
+        done, changed = self.erasures.apply(self.tasks, self.state)
+        if changed and self.checkpoint() and done:
+            self.state.truncate_wal()
+            self.erasures.acknowledge(done, sorted(self.tasks))
+
     def _buffered(self) -> int:
         return sum(len(items) for task in self.tasks.values() for items in task.outputs.values())
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """Outputs (with, on Kafka, the changelog and offsets), then the state file, then group
         offsets (see the module docstring). A refused Kafka transaction (this member lost its
-        partitions) drops the tasks: they restart from what was committed."""
+        partitions) drops the tasks: they restart from what was committed (returns False)."""
         started = time.perf_counter()
         self._last_checkpoint = time.monotonic()
         outputs: dict[str, list[OutputRecord]] = {}
@@ -316,7 +336,7 @@ class ProcessorRunner:
             log.warning("processor %s: %s; resuming from the last checkpoint", self.pipeline.name, exc)
             self.tasks.clear()
             self.generation = -1
-            return
+            return False
         self.state.apply(changes, ends if self.checkpointer.changelog else None)
         for task in self.tasks.values():
             self.state.saved(task.stores(), task.served())
@@ -324,6 +344,7 @@ class ProcessorRunner:
             self.consumer.commit(offsets)
         self.checkpoints += 1
         self._report(time.perf_counter() - started)
+        return True
 
     def _report(self, seconds: float) -> None:
         name = self.pipeline.name
@@ -378,3 +399,4 @@ class ProcessorRunner:
         self.checkpointer.close()
         self.consumer.close()
         self.state.close()
+        self._state_lock.release()

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import orjson
 
 from headwater.core import metrics as prometheus
+from headwater.core.erasure import ERASED
 from headwater.core.errors import PermanentSinkError
 from headwater.log.base import Consumer, Record
 from headwater.processing.sink_targets import KafkaSink, PostgresSink, RedisSink, WebhookSink
@@ -189,6 +190,8 @@ class SinkRunner:
     def _deliver(self, records: list[Record]) -> None:
         batch: list[SinkRecord] = []
         for record in records:
+            if record.value == ERASED:
+                continue  # a privacy deletion erased it: nothing to deliver
             try:
                 batch.append(decode_output(record))
             except PermanentSinkError as exc:

@@ -9,11 +9,13 @@ so the per-record cost is a dict lookup.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pickle
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,39 @@ def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")  # deleted entries (erasures) are zeroed, not left in free pages
         conn.executescript(_SCHEMA)
     else:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+class StateLock:
+    """`state-<run>.lock` beside a state file: a running processor holds it shared (several workers may share
+    a file), an eraser of stopped processors' state exclusively; the kernel drops it when a process dies."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path.with_suffix(".lock")
+        self._fd: int | None = None
+
+    def acquire(self, exclusive: bool = False, wait: bool = True) -> bool:
+        """Take the lock; False when `wait` is off and another process holds it (in the other mode)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, mode)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
 
 
 class KeyValue:
@@ -109,6 +139,29 @@ class KeyValue:
             if key not in seen:
                 yield key, self._cache.get(key, pickle.loads(raw_value))
 
+    def erase_where(self, raw_test: Callable[[bytes], bool], test: Callable[[Any], bool]) -> int:
+        """Delete every entry whose key or value passes `test` (a privacy erasure); `raw_test` on the stored
+        bytes (pickles) spares decoding rows that cannot match. Deleted through `delete`: the checkpoint
+        writes them, with changelog tombstones when state is changelogged. Returns entries deleted."""
+        doomed = [k for k in self._dirty if self._cache.get(k) is not None and (test(k) or test(self._cache[k]))]
+        if self._conn is None:
+            doomed += [
+                k for k, v in self._cache.items() if k not in self._dirty and v is not None and (test(k) or test(v))
+            ]
+        else:
+            rows = self._conn.execute(
+                "SELECT key, value FROM kv WHERE partition = ? AND store = ?", (self.partition, self.name)
+            )
+            for raw_key, raw_value in rows:
+                if not (raw_test(raw_key) or raw_test(raw_value)):
+                    continue
+                key = pickle.loads(raw_key)
+                if key not in self._dirty and (test(key) or test(pickle.loads(raw_value))):
+                    doomed.append(key)
+        for key in doomed:
+            self.delete(key)
+        return len(doomed)
+
     def changes(self) -> list[tuple[bytes, bytes | None]]:
         out = []
         for key in self._dirty:
@@ -164,6 +217,45 @@ class StateStore:
             "SELECT next_offset, stream_time FROM checkpoints WHERE partition = ?", (partition,)
         ).fetchone()
         return (int(row[0]), int(row[1])) if row and row[0] != NO_OFFSET else None
+
+    def partitions(self) -> list[int]:
+        """Partitions the file holds anything of."""
+        if self._conn is None:
+            return []
+        rows = self._conn.execute(
+            "SELECT partition FROM kv UNION SELECT partition FROM served UNION SELECT partition FROM checkpoints"
+        )
+        return sorted(int(p) for (p,) in rows)
+
+    def kv_rows(self, partition: int) -> Iterator[tuple[str, bytes, bytes]]:
+        """(store, pickled key, pickled value) of every stored entry of `partition`."""
+        if self._conn is None:
+            return
+        yield from self._conn.execute("SELECT store, key, value FROM kv WHERE partition = ?", (partition,))
+
+    def store_names(self, partition: int) -> list[str]:
+        """Names of the key-value stores that hold rows of `partition`."""
+        if self._conn is None:
+            return []
+        rows = self._conn.execute("SELECT DISTINCT store FROM kv WHERE partition = ?", (partition,))
+        return [str(name) for (name,) in rows]
+
+    def served_rows(self, partition: int) -> list[tuple[str, str, str, int]]:
+        """(table, key, value as JSON text, event time) of every served row of `partition`."""
+        if self._conn is None:
+            return []
+        rows = self._conn.execute("SELECT name, key, value, event_time FROM served WHERE partition = ?", (partition,))
+        return [(str(n), str(k), str(v), int(t)) for n, k, v, t in rows]
+
+    def truncate_wal(self, tries: int = 20) -> bool:
+        """Checkpoint the WAL into the file and truncate it (after an erasure: no old page image stays)."""
+        if self._conn is None:
+            return True
+        for attempt in range(tries):
+            if not self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                return True
+            time.sleep(min(0.2, 0.01 * (attempt + 1)))
+        return False
 
     def changelog_offset(self, partition: int) -> int:
         """Next changelog offset this file has applied for `partition` (0: none)."""

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from headwater.core.erasure import ERASED
 from headwater.lake.stream_table import StreamTableWriter, json_cell, normalise_types, rows_table
 from headwater.log.base import Record
 from headwater.processing.records import decode_outputs
@@ -54,6 +55,9 @@ class OutputTableWriter(StreamTableWriter):
     """A processor's output stream into its table."""
 
     def rows_from(self, records: list[Record]) -> pa.Table:
+        records = [r for r in records if r.value != ERASED]  # a privacy deletion erased them
+        if not records:  # an empty batch still records how far the stream was read
+            return SIDE_SCHEMA.empty_table().select(list(FIXED))
         decoded = [
             (key, value, ts, orjson.loads(r.value)["id"])
             for r, (key, value, ts, _) in zip(records, decode_outputs(records), strict=True)

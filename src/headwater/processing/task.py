@@ -100,6 +100,10 @@ class Task:
             self._stores[name] = self._state.key_value(self.partition, name)
         return self._stores[name]
 
+    def served_table(self, name: str) -> ServedTable:
+        """The served state table `name` of this partition (an erasure deletes through it)."""
+        return self._served.setdefault(name, ServedTable(name, self.partition))
+
     def on_stream_time(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
 
@@ -109,7 +113,7 @@ class Task:
     def output(self, node: Output) -> Push:
         stream = output_stream(self.pipeline.name, node)
         if stream is None:
-            table = self._served.setdefault(node.name, ServedTable(node.name, self.partition))
+            table = self.served_table(node.name)
             key_fn, value_fn = node.key_fn, node.value_fn
 
             def serve(key: str | None, value: Any, ts: int) -> None:

@@ -19,6 +19,7 @@ import orjson
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
+from headwater.core.erasure import is_erased
 from headwater.core.settings import Settings
 from headwater.core.source_settings import SourceSettings
 from headwater.lake.stream_table import StreamTableWriter, json_cell, normalise_types, rows_table
@@ -69,6 +70,8 @@ class SourceLander(StreamTableWriter):
         rows = []
         for record in records:
             envelope = orjson.loads(record.value)
+            if is_erased(envelope):
+                continue  # a privacy deletion erased it
             row: dict[str, Any] = {
                 "_source_id": envelope["id"],
                 "_received_at": datetime.fromtimestamp(envelope["m"]["ra"] / 1000, tz=UTC),

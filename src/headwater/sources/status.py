@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from headwater.core import metrics
+from headwater.core.erasure import ErasureSet
 from headwater.core.settings import Settings
 from headwater.core.source_settings import SourceSettings
+from headwater.log.erase import TokenMatcher
 
 RECENT_REJECTIONS = 20
 WRITE_EVERY_S = 1.0
@@ -42,6 +47,8 @@ class SourceStatus:
         self.started_at = time.time()
         self._rates: collections.deque[tuple[float, int]] = collections.deque(maxlen=30)
         self.written_at = 0.0
+        self._written_stamp: tuple[int, int] | None = None  # (inode, mtime) of the status.json written last
+        self._written: set[tuple[Any, Any]] = set()  # (at, id) of the rejections in it
 
     def reject(self, stable_id: str, reason: str, raw: str) -> None:
         self.rejected += 1
@@ -88,9 +95,77 @@ class SourceStatus:
             "last_error": self.last_error, "last_error_at": self.last_error_at, "table_rows": self.table_rows,
             "progress": self.progress, "recent_rejections": list(self.rejections),
         }  # fmt: skip
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(doc, default=str))
-        tmp.replace(self.path)
+        with _locked(self.path):
+            self._drop_erased()
+            doc["recent_rejections"] = list(self.rejections)
+            self._written_stamp = _write(self.path, doc)
+            self._written = {(r["at"], r["id"]) for r in self.rejections}
+
+    def _drop_erased(self) -> None:
+        """Rejections that `erase_rejections` removed from the file since this process wrote it are
+        removed from memory too (those recorded since were not in the file: they stay)."""
+        try:
+            if self._written_stamp is None or _stamp(self.path) == self._written_stamp:
+                return
+            kept = {(r.get("at"), r.get("id")) for r in orjson.loads(self.path.read_bytes())["recent_rejections"]}
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        removed = self._written - kept
+        if removed:
+            self.rejections = collections.deque(
+                [r for r in self.rejections if (r["at"], r["id"]) not in removed], maxlen=RECENT_REJECTIONS
+            )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `status.lock` beside `path`: a source's writes and `erase_rejections` exclude
+    each other, so neither undoes the other."""
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _write(path: Path, doc: dict[str, Any]) -> tuple[int, int]:
+    """Write atomically; the new file's stamp (inode, mtime)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(doc, default=str))
+    tmp.replace(path)
+    return _stamp(path)
+
+
+def erase_rejections(settings: Settings, ids: ErasureSet) -> dict[str, int]:
+    """Remove the recent rejections that hold one of `ids` (in the rejected payload, id or reason) from
+    every source's status.json; a running source drops them from memory at its next write. Rejections
+    removed per source (sources with none removed are left out).
+
+    Matching as in the log: a string equal to an id, or an id as a JSON string token in the raw text; an
+    id in raw text that is not JSON (a CSV line) is not found (`quarantine` in the lake is matched alike)."""
+    out: dict[str, int] = {}
+    if not ids or not settings.sources_dir.is_dir():
+        return out
+    matcher = TokenMatcher(ids)
+    for path in sorted(settings.sources_dir.glob("*/status.json")):
+        with _locked(path):
+            try:
+                doc = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            recent = doc.get("recent_rejections") or []
+            kept = [r for r in recent if not matcher.holds(r)]
+            if len(kept) < len(recent):
+                doc["recent_rejections"] = kept
+                _write(path, doc)
+                out[path.parent.name] = len(recent) - len(kept)
+    return out
 
 
 def read_status(settings: Settings, source: SourceSettings) -> dict[str, Any]:
