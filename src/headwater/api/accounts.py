@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from headwater.api.audit import record
 from headwater.api.principal import SESSION_COOKIE, authenticate
 from headwater.core.errors import AuthError
 
@@ -77,27 +78,28 @@ def account_routes(services: Callable[[], Any]) -> list[Route]:
     async def keys(request: Request) -> Response:
         s = services()
         try:
-            authenticate(request, s.keys, s.users, "manage")
+            who = authenticate(request, s.keys, s.users, "manage")
             if request.method == "GET":
                 return _json([{"name": k.name, "role": k.role, "prefix": k.prefix, "created_ms": k.created_ms,
                                "revoked": k.revoked_ms is not None} for k in s.keys.list()])  # fmt: skip
             doc = await _body(request, "name", "role")
-            return _json(
-                {"name": doc["name"], "role": doc["role"], "key": s.keys.create(doc["name"], doc["role"])}, 201
-            )
+            key = s.keys.create(doc["name"], doc["role"])
         except AuthError as exc:
             return _error(exc)
+        await record(s.audit, request, who, "key.created", doc["name"], {"role": doc["role"], "prefix": key[:9]})
+        return _json({"name": doc["name"], "role": doc["role"], "key": key}, 201)
 
     async def users(request: Request) -> Response:
         s = services()
         try:
-            authenticate(request, s.keys, s.users, "manage")
+            who = authenticate(request, s.keys, s.users, "manage")
             if request.method == "GET":
                 return _json([{"name": u.name, "role": u.role} for u in s.users.list()])
             doc = await _body(request, "name", "role", "password")
             user = await run_in_threadpool(s.users.create, doc["name"], doc["role"], doc["password"])
         except AuthError as exc:
             return _error(exc)
+        await record(s.audit, request, who, "user.created", user.name, {"role": user.role})
         return _json({"name": user.name, "role": user.role}, 201)
 
     def remover(kind: str) -> Callable[[Request], Any]:
@@ -106,14 +108,40 @@ def account_routes(services: Callable[[], Any]) -> list[Route]:
         async def remove(request: Request) -> Response:
             s = services()
             try:
-                authenticate(request, s.keys, s.users, "manage")
+                who = authenticate(request, s.keys, s.users, "manage")
                 store = s.keys if kind == "keys" else s.users
                 (store.revoke if kind == "keys" else store.delete)(request.path_params["name"])
             except AuthError as exc:
                 return _error(exc)
+            action = "key.revoked" if kind == "keys" else "user.deleted"
+            await record(s.audit, request, who, action, request.path_params["name"])
             return _json({"success": True})
 
         return remove
+
+    async def change_user(request: Request) -> Response:
+        """PATCH /api/users/NAME `{"role": ..., "password": ...}` (either or both), for admins."""
+        s = services()
+        name = request.path_params["name"]
+        try:
+            who = authenticate(request, s.keys, s.users, "manage")
+            doc = await _body(request)
+            role, password = doc.get("role"), doc.get("password")
+            if role is None and password is None:
+                raise AuthError("send role, password or both", 400)
+            for field, value in (("role", role), ("password", password)):
+                if value is not None and not isinstance(value, str):
+                    raise AuthError(f"{field}: a string", 400)
+            previous = s.users.set_role(name, role) if role is not None else None
+            if password is not None:
+                await run_in_threadpool(s.users.set_password, name, password)
+        except AuthError as exc:
+            return _error(exc)
+        if role is not None and previous != role:
+            await record(s.audit, request, who, "user.role_changed", name, {"from": previous, "to": role})
+        if password is not None:
+            await record(s.audit, request, who, "user.password_changed", name)
+        return _json({"name": name, "role": role or previous, "success": True})
 
     return [
         Route("/api/login", login, methods=["POST"]),
@@ -123,4 +151,5 @@ def account_routes(services: Callable[[], Any]) -> list[Route]:
         Route("/api/keys/{name}", remover("keys"), methods=["DELETE"]),
         Route("/api/users", users, methods=["GET", "POST"]),
         Route("/api/users/{name}", remover("users"), methods=["DELETE"]),
+        Route("/api/users/{name}", change_user, methods=["PATCH"]),
     ]

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from headwater.api.audit import record
 from headwater.api.principal import Principal, authenticate
 from headwater.api.processors import NotFound, ProcessorRegistry
 from headwater.boards.render import ProcessorData, run_dashboard, stream_rows
@@ -152,10 +153,14 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
         if request.method == "GET":
             return s.boards.shares(dashboard_id)
         token = s.boards.share(dashboard_id, who.name)
+        await record(s.audit, request, who, "share.created", f"dashboard:{dashboard_id}", {"prefix": token[:8]})
         return {"token": token, "url": f"/share/{token}", "api": f"/api/shared/{token}"}
 
     async def revoke(request: Request, who: Principal) -> Any:
-        services().boards.revoke_share(_int(request, "id"), request.path_params["prefix"])
+        s = services()
+        dashboard_id, prefix = _int(request, "id"), request.path_params["prefix"]
+        s.boards.revoke_share(dashboard_id, prefix)
+        await record(s.audit, request, who, "share.revoked", f"dashboard:{dashboard_id}", {"prefix": prefix})
         return {"success": True}
 
     async def shared(request: Request) -> Response:

@@ -107,6 +107,31 @@ class UserStore:
         if deleted == 0:
             raise AuthError(f"no user named {name!r}", 404)
 
+    def set_role(self, name: str, role: str) -> str:
+        """Give user `name` another role; returns the previous one. The last admin cannot lose the role."""
+        if role not in USER_ROLES:
+            raise AuthError(f"role: must be one of {', '.join(USER_ROLES)}, got {role!r}", 400)
+        with self._engine.begin() as conn:
+            previous = conn.execute(sa.select(_USERS.c.role).where(_USERS.c.name == name)).scalar()
+            if previous is None:
+                raise AuthError(f"no user named {name!r}", 404)
+            admins = conn.execute(sa.select(sa.func.count()).where(_USERS.c.role == "admin")).scalar_one()
+            if previous == "admin" and role != "admin" and admins <= 1:
+                raise AuthError(f"{name!r} is the only admin: make another user admin first", 409)
+            conn.execute(_USERS.update().where(_USERS.c.name == name).values(role=role))
+        return str(previous)
+
+    def set_password(self, name: str, password: str) -> None:
+        """Replace user `name`'s password and end their sessions."""
+        if len(password) < MIN_PASSWORD:
+            raise AuthError(f"password: at least {MIN_PASSWORD} characters", 400)
+        digest = self._hasher.hash(password)
+        with self._engine.begin() as conn:
+            changed = conn.execute(_USERS.update().where(_USERS.c.name == name).values(password_hash=digest)).rowcount
+            conn.execute(_SESSIONS.delete().where(_SESSIONS.c.user == name))
+        if changed == 0:
+            raise AuthError(f"no user named {name!r}", 404)
+
     def login(self, name: str, password: str) -> tuple[str, Session]:
         """Check the password and open a session; returns (token for the cookie, session)."""
         with self._engine.connect() as conn:
