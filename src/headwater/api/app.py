@@ -25,16 +25,21 @@ from starlette.routing import BaseRoute, Route
 
 from headwater import __version__
 from headwater.api.accounts import account_routes
+from headwater.api.audit import audit_routes
 from headwater.api.boards import board_routes
+from headwater.api.imports import import_routes
 from headwater.api.principal import authenticate
+from headwater.api.privacy import privacy_routes
 from headwater.api.processors import ProcessorRegistry, processor_routes
 from headwater.api.responses import error_response, json_response
 from headwater.api.sources import source_routes
+from headwater.auth.audit import AuditLog
 from headwater.auth.keys import KeyStore
 from headwater.auth.users import UserStore
 from headwater.boards.store import BoardStore
 from headwater.collector.parsing import Limits
 from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp
+from headwater.core.erasure import Suppressor, open_board
 from headwater.core.errors import AuthError, LogError, QueryError
 from headwater.core.settings import Settings
 from headwater.insights.engine import InsightEngine
@@ -42,6 +47,7 @@ from headwater.lake.writer import GROUP as LAKE_GROUP
 from headwater.live.tail import LiveTail
 from headwater.log import open_log
 from headwater.log.base import LogAdmin, Producer
+from headwater.privacy.requests import DeletionStore
 from headwater.query.engine import QueryEngine
 from headwater.web.routes import web_routes
 
@@ -115,6 +121,11 @@ class Services:
         self.processors = ProcessorRegistry(settings.processors_dir)
         self.live = LiveTail(self.log, self.processors.streams)
         self.boards = BoardStore(settings.store_uri("app"))
+        self.audit = AuditLog(settings.effective_catalog_uri)
+        catalog_db = open_board(settings.effective_catalog_uri)
+        self.suppressor = Suppressor(catalog_db, settings.privacy_salt)
+        self.collector.suppressor = self.suppressor
+        self.deletions = DeletionStore(catalog_db)
         self.started = time.time()
 
     def check_pressure(self) -> None:
@@ -149,6 +160,8 @@ class Services:
         self.live.close()
         self.processors.close()
         self.boards.close()
+        self.audit.close()
+        self.deletions.engine.dispose()
         self.keys.close()
         self.users.close()
 
@@ -336,7 +349,10 @@ def build_app(settings: Settings) -> IngestApp:
         Route("/api/live/stream", live_stream, methods=["GET"]),
     ]
     ingest_routes: list[BaseRoute] = [Route(p, _method_not_allowed, methods=["GET"]) for p in INGEST_PATHS]
-    routes += account_routes(svc) + board_routes(svc) + processor_routes(svc) + source_routes(svc) + web_routes()
+    routes += account_routes(svc) + audit_routes(svc) + board_routes(svc) + processor_routes(svc) + source_routes(svc)
+    routes += import_routes(svc)
+    routes += privacy_routes(svc)
+    routes += web_routes()
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
     ingest = IngestApp(starlette, origins)
     return ingest

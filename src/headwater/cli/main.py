@@ -1,4 +1,4 @@
-"""`headwater`: up, server, writer, doctor, query, generate, import, keys, config."""
+"""`headwater`: up, server, writer, doctor, query, generate, import, keys, users, audit, config."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
+from headwater.cli.audit import record_cli
 from headwater.cli.options import ConfigOpt, DataDirOpt
 from headwater.core.errors import HeadwaterError
 from headwater.core.settings import Settings, load_settings
@@ -30,7 +31,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
-users_app = typer.Typer(help="Create, list and delete web users.", no_args_is_help=True)
+users_app = typer.Typer(help="Create, list, change and delete web users.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 console = Console(stderr=True, soft_wrap=True)
 
@@ -124,9 +125,11 @@ def _demo_key(settings: Settings) -> str:
         return path.read_text().strip()
     store = KeyStore(settings.store_uri("keys"))
     try:
-        key = store.create(f"demo-admin-{int(time.time())}", "admin")
+        name = f"demo-admin-{int(time.time())}"
+        key = store.create(name, "admin")
     finally:
         store.close()
+    record_cli(settings, "key.created", name, {"role": "admin", "prefix": key[:9], "by": "up --demo"})
     path.write_text(key)
     path.chmod(0o600)
     return key
@@ -341,20 +344,50 @@ def _progress() -> Progress:
 
 @app.command("import")
 def import_files(
-    files: Annotated[list[Path], typer.Argument(help="NDJSON / JSON / CSV / Parquet files.")],
-    source: Annotated[str, typer.Option(help="Value of the `source` column.")] = "import",
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="NDJSON / JSON / CSV / Parquet files; GA4: Parquet, Avro or NDJSON.")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Value of the `source` column (default import, ga4).")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="events (rows as /track events) or ga4 (GA4 / Firebase BigQuery export)."),
+    ] = "events",
+    report: Annotated[
+        bool,
+        typer.Option(
+            help="ga4: import nothing; compare rows per event_date of FILES (or of the recorded imports) with the lake."
+        ),
+    ] = False,
+    since: Annotated[str | None, typer.Option(help="ga4 --report without files: first day (YYYYMMDD).")] = None,
+    until: Annotated[str | None, typer.Option(help="ga4 --report without files: last day (YYYYMMDD).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="ga4 --report: print JSON.")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Backfill files into the lake through the same validation and normalisation as live events."""
+    """Backfill files into the lake through the same validation and normalisation as live events.
+
+    With --format ga4, each day of the files replaces that day of the source in one commit (headwater.lake.ga4)."""
+    if fmt not in ("events", "ga4"):
+        fail("--format must be events or ga4")
+    if fmt == "ga4" or report:
+        if fmt != "ga4":
+            fail("--report is for --format ga4")
+        from headwater.cli.ga4 import import_ga4
+
+        import_ga4(
+            files or [], source or "ga4", report, since, until, as_json, settings_from(config, data_dir=data_dir)
+        )
+        return
+    if not files:
+        fail("give the files to import")
     from headwater.lake.importer import Importer
 
     settings = settings_from(config, data_dir=data_dir)
-    importer = Importer(settings, source)
+    importer = Importer(settings, source or "import")
     totals: dict[str, int] = {}
     started = time.monotonic()
     with _progress() as progress:
-        for path in files:
+        for path in files or []:
             task = progress.add_task(path.name, total=None)
 
             def advance(n: int, task_id: Any = task) -> None:
@@ -388,6 +421,7 @@ def keys_create(
     """Create a key and print it (it is stored hashed and cannot be shown again)."""
     with account_store("keys", config, data_dir) as store:
         key = store.create(name, role)
+    record_cli(settings_from(config, data_dir=data_dir), "key.created", name, {"role": role, "prefix": key[:9]})
     if quiet:
         sys.stdout.write(key + "\n")
     else:
@@ -410,6 +444,7 @@ def keys_revoke(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None
     """Revoke a key by name (takes effect within 2 seconds)."""
     with account_store("keys", config, data_dir) as store:
         store.revoke(name)
+    record_cli(settings_from(config, data_dir=data_dir), "key.revoked", name)
     sys.stdout.write(f"revoked {name!r}\n")
 
 
@@ -428,6 +463,7 @@ def users_create(
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     with account_store("users", config, data_dir) as store:
         user = store.create(name, role, password)
+    record_cli(settings_from(config, data_dir=data_dir), "user.created", user.name, {"role": user.role})
     sys.stdout.write(f"created {user.role} user {user.name!r}\n")
 
 
@@ -441,11 +477,45 @@ def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     Console().print(table)
 
 
+@users_app.command("set-role")
+def users_set_role(
+    name: str,
+    role: Annotated[str, typer.Argument(help="admin, analyst or viewer.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Give a web user another role (the last admin keeps theirs)."""
+    with account_store("users", config, data_dir) as store:
+        previous = store.set_role(name, role)
+    if previous != role:
+        record_cli(settings_from(config, data_dir=data_dir), "user.role_changed", name, {"from": previous, "to": role})
+    sys.stdout.write(f"{name!r}: {previous} -> {role}\n")
+
+
+@users_app.command("set-password")
+def users_set_password(
+    name: str,
+    password: Annotated[
+        str | None, typer.Option(help="At least 10 characters (asked for when not given).", envvar="HEADWATER_PASSWORD")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Set a web user's password and end their sessions."""
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with account_store("users", config, data_dir) as store:
+        store.set_password(name, password)
+    record_cli(settings_from(config, data_dir=data_dir), "user.password_changed", name)
+    sys.stdout.write(f"password of {name!r} changed; their sessions ended\n")
+
+
 @users_app.command("delete")
 def users_delete(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Delete a web user and end their sessions."""
     with account_store("users", config, data_dir) as store:
         store.delete(name)
+    record_cli(settings_from(config, data_dir=data_dir), "user.deleted", name)
     sys.stdout.write(f"deleted {name!r}\n")
 
 
@@ -464,6 +534,7 @@ def ensure_first_admin(settings: Settings) -> str | None:
             store.create("admin", "admin", password)
         except HeadwaterError:  # another server sharing app_db_uri created it first
             return None
+        record_cli(settings, "user.created", "admin", {"role": "admin", "by": "first run of up"})
         return password
     finally:
         store.close()
@@ -514,9 +585,11 @@ def source_settings_markdown() -> str:
 
 
 def _register_commands() -> None:
-    from headwater.cli import sources
+    from headwater.cli import audit, privacy, sources
 
     sources.register(app)
+    audit.register(app)
+    privacy.register(app)
 
 
 _register_commands()

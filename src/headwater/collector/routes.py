@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from headwater.auth.keys import KeyStore
 from headwater.collector.parsing import BatchParser, Limits, ParsedBatch, decompress, peek_write_key
 from headwater.core import metrics
+from headwater.core.erasure import Suppressor
 from headwater.core.errors import AuthError, BackPressureError, CollectorError
 from headwater.core.events import RAW_TRACK, SEGMENT_TYPES
 from headwater.log.base import Producer
@@ -48,6 +49,20 @@ def request_key(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def ids_of(value: bytes) -> tuple[object, ...]:
+    """The person ids of a log record's event (user id, anonymous id, and an alias's previous id)."""
+    try:
+        event = orjson.loads(value).get("e")
+    except orjson.JSONDecodeError:
+        return ()
+    if not isinstance(event, dict):
+        return ()
+    return (
+        event.get("userId", event.get("user_id")), event.get("anonymousId", event.get("anonymous_id")),
+        event.get("previousId"),
+    )  # fmt: skip
+
+
 class Collector:
     """Turns one ingest request into log records; holds the back-pressure state."""
 
@@ -64,6 +79,8 @@ class Collector:
         self._duplicates = 0
         self._bytes = 0
         self._append_seconds: list[float] = []
+        self.suppressor: Suppressor | None = None  # ids of deleted people whose events are dropped
+        self._suppressed: collections.Counter[str] = collections.Counter()
 
     def flush_metrics(self) -> None:
         requests, self._requests = self._requests, collections.Counter()
@@ -84,6 +101,9 @@ class Collector:
             self._bytes = 0
         for seconds in timings:
             metrics.APPEND_SECONDS.observe(seconds)
+        suppressed, self._suppressed = self._suppressed, collections.Counter()
+        for source, n in suppressed.items():
+            metrics.EVENTS_SUPPRESSED.labels(source).inc(n)
 
     async def handle(
         self, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]], endpoint: str
@@ -122,9 +142,23 @@ class Collector:
             source = self.keys.require(peek_write_key(body) if endpoint != RAW_TRACK else None, write=True).name
         parser = BatchParser(self.limits, source, int(time.time() * 1000))
         parsed = parser.parse_track(body) if endpoint == RAW_TRACK else parser.parse_segment(body, endpoint)
-        return await self._append(parsed, "track" if endpoint == RAW_TRACK else endpoint)
+        suppressed = self._suppress(parsed, source)
+        return await self._append(parsed, "track" if endpoint == RAW_TRACK else endpoint, suppressed)
 
-    async def _append(self, parsed: ParsedBatch, label: str) -> tuple[int, dict[str, Any]]:
+    def _suppress(self, parsed: ParsedBatch, source: str) -> int:
+        """Drop the events that carry a suppressed id (a deleted person's); return how many."""
+        if self.suppressor is None or not parsed.records or not self.suppressor.active():
+            return 0
+        blocked = self.suppressor.blocked
+        keep = [not blocked(*ids_of(value)) for _key, value in parsed.records]
+        dropped = keep.count(False)
+        if dropped:
+            parsed.records = [r for r, k in zip(parsed.records, keep, strict=True) if k]
+            parsed.idempotency = [i for i, k in zip(parsed.idempotency, keep, strict=True) if k]
+            self._suppressed[source] += dropped
+        return dropped
+
+    async def _append(self, parsed: ParsedBatch, label: str, suppressed: int = 0) -> tuple[int, dict[str, Any]]:
         records = parsed.records + parsed.quarantine
         idem = parsed.idempotency + [None] * len(parsed.quarantine)
         duplicates = 0
@@ -138,7 +172,10 @@ class Collector:
         self._duplicates += duplicates
         if parsed.rejected:
             self._rejected[label] += len(parsed.rejected)
+        accepted += suppressed  # taken and dropped on purpose: the sender must not retry them
         payload: dict[str, Any] = {"success": accepted > 0 or not parsed.rejected, "accepted": accepted}
+        if suppressed:
+            payload["suppressed"] = suppressed
         if duplicates:
             payload["duplicates"] = duplicates
         if parsed.rejected:

@@ -35,6 +35,7 @@ def serve(settings: Settings, port_file: Path | None = None) -> None:
     if os.environ.get("HEADWATER_SUPERVISED") == "1":
         die_with_parent()
     sock = _bind(settings.host, settings.port)
+    audit_settings(settings)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(sock.getsockname()[1]))
@@ -58,6 +59,24 @@ def serve(settings: Settings, port_file: Path | None = None) -> None:
                 os._exit(code)
         children.append(pid)
     _supervise_workers(children)
+
+
+def audit_settings(settings: Settings) -> None:
+    """Record in the audit trail when the settings differ from those of the last start (once per server start)."""
+    from headwater.auth.audit import AuditLog, cli_actor
+
+    try:
+        audit = AuditLog(settings.effective_catalog_uri)
+        try:
+            details = audit.check_settings(settings, started_by=cli_actor().removeprefix("cli:"))
+        finally:
+            audit.close()
+    except Exception as exc:  # e.g. the catalog database is away: not this check's to stop the start
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.error("settings not compared with the audit trail's (the next start will): %s", reason)
+        return
+    if details is not None and "changed" in details:
+        log.info("settings changed since the last start: %s (see headwater audit)", ", ".join(details["changed"]))
 
 
 def tune_gc() -> None:
@@ -222,3 +241,16 @@ def run_source(settings: Settings, name: str) -> None:
     log.info("source %s (%s, %s) started", name, source.kind, source.format)
     runner.run(stop)
     log.info("source %s stopped after %d records", name, runner.status.records_in)
+
+
+def run_privacy_worker(settings: Settings) -> None:
+    """Carry out deletion requests until SIGTERM/SIGINT (a request stopped midway resumes at the next start)."""
+    from headwater.privacy.worker import PrivacyWorker
+
+    stop = _start_worker(settings, "privacy")
+    worker = PrivacyWorker(settings)
+    log.info("privacy worker started")
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()

@@ -42,9 +42,11 @@ class Supervisor:
         return env
 
     def _start(self, name: str) -> None:
-        """Start child `name`: server, writer, process, or `source:<source name>`."""
+        """Start child `name`: server, writer, privacy, process, or `source:<source name>`."""
         command, _, source = name.partition(":")
         args = [sys.executable, "-m", "headwater.cli.main", command] + ([source] if source else [])
+        if name == "privacy":
+            args.append("worker")
         if name == "server":
             args += ["--port-file", str(self.port_file)]
         self.procs[name] = subprocess.Popen(args, env=self._env())
@@ -55,6 +57,7 @@ class Supervisor:
         self.metrics_dir.mkdir(parents=True, exist_ok=True)
         self.port_file.unlink(missing_ok=True)
         self._start("writer")
+        self._start("privacy")
         if self.settings.processors:
             self._start("process")
         for source in self.settings.sources:
@@ -87,7 +90,7 @@ class Supervisor:
         for name in sources:  # every source at once: each lands what it read, then stops
             if self.procs[name].poll() is None:
                 self.procs[name].send_signal(signal.SIGTERM)
-        for name in [*sources, "server", "process", "writer"]:  # intake first, then checkpoint, then drain
+        for name in [*sources, "server", "privacy", "process", "writer"]:  # intake first, then checkpoint, then drain
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue

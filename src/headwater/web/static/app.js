@@ -1,4 +1,6 @@
 // Headwater web app: a small single-page app over the JSON API (no build step).
+import { auditPage } from "./audit.js";
+import { privacyPage } from "./privacy.js";
 import { processorsPage, streamLive } from "./processors.js";
 import { sourcesPage } from "./sources.js";
 import { processorTilePicker, stateTile, streamTile } from "./tiles.js";
@@ -436,6 +438,8 @@ async function route() {
     else if (page === "keys") await keys();
     else if (page === "processors") await processorsPage(helpers);
     else if (page === "sources") await sourcesPage(helpers);
+    else if (page === "audit") await auditPage(helpers);
+    else if (page === "privacy") await privacyPage(helpers);
     else if (page === "live" && arg) streamLive(helpers, decodeURIComponent(arg));
     else live();
   } catch (err) { view.replaceChildren(h("div", { class: "card error" }, err.message)); }

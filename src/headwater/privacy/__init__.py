@@ -1,0 +1,1 @@
+"""Privacy: deletion requests carried out everywhere Headwater keeps data (see `headwater.privacy.deleter`)."""
