@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SourceKind = Literal["kafka", "rabbitmq", "files"]
-SourceFormat = Literal["json", "ndjson", "csv", "parquet", "avro", "cobol", "grib"]
+SourceFormat = Literal["json", "ndjson", "csv", "parquet", "avro", "cobol", "grib", "ga4"]
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAPPED_COLUMNS = ("event", "user_id", "anonymous_id", "timestamp", "message_id")
@@ -25,7 +25,11 @@ class SourceSettings(BaseModel):
 
     name: str = Field(description="Name of the source: the `source` column of its rows, its metrics label.")
     kind: SourceKind = Field(description="kafka (a topic), rabbitmq (a queue) or files (a directory or S3 prefix).")
-    format: SourceFormat = Field("json", description="How one record is encoded (files: the file format).")
+    format: SourceFormat = Field(
+        "json",
+        description="How one record is encoded (files: the file format; ga4: GA4 / Firebase BigQuery export files, "
+        "each day replaced whole, the last 3 days re-checked on each arrival).",
+    )
     enabled: bool = Field(True, description="Run it inside `headwater up` (`headwater source NAME` runs it anyway).")
     # --- where it lands
     table: str | None = Field(
@@ -115,6 +119,11 @@ class SourceSettings(BaseModel):
             )
         if self.format == "grib" and (self.kind != "files" or self.table is None):
             raise ValueError(f"source {self.name!r}: format grib needs kind = files and a `table`")
+        if self.format == "ga4" and (self.kind != "files" or self.table is not None or self.move_to):
+            raise ValueError(
+                f"source {self.name!r}: format ga4 needs kind = files, no `table` (it lands in events) and no "
+                "`move_to` (the folder keeps the files a day is re-imported from)"
+            )
         if self.format in ("csv", "parquet") and self.kind != "files":
             raise ValueError(f"source {self.name!r}: format {self.format} is for kind = files")
         if self.format == "avro" and self.kind == "files":

@@ -30,7 +30,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from headwater.core.errors import SourceError, SourceUnavailable
+from headwater.core.errors import ImportFileError, LakeError, SourceError, SourceUnavailable
 from headwater.core.settings import Settings
 from headwater.core.source_settings import SourceSettings
 from headwater.sources.base import Delivery
@@ -121,15 +121,20 @@ class FilesReader:
         self._pending: list[DroppedFile] = []
         self._raw: pa.NativeFile | None = None
         self._rejected: collections.Counter[str] = collections.Counter()
+        self._ga4 = Ga4Folder(self, settings) if source.format == "ga4" else None
 
     # --- finding files
     def scan(self) -> list[DroppedFile]:
         """Files not taken yet (new, or `reading` when the source stopped), oldest first."""
+        known = self.store.known()
+        return [f for f in self.listing() if known.get(f.key) in (None, "reading")]
+
+    def listing(self) -> list[DroppedFile]:
+        """Every file of the folder that matches `pattern` and is not being written, oldest first."""
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=False))
         except (OSError, pa.ArrowException) as exc:
             raise SourceUnavailable(f"cannot list {self.source.path}: {exc}") from exc
-        known = self.store.known()
         now_ns = time.time_ns()
         found = []
         for info in infos:
@@ -141,9 +146,7 @@ class FilesReader:
             mtime_ns = info.mtime_ns or 0
             if self.local and now_ns - mtime_ns < SETTLE_S * 1e9:
                 continue  # still being written, probably
-            dropped = DroppedFile(info.path, info.size or 0, mtime_ns)
-            if known.get(dropped.key) in (None, "reading"):
-                found.append(dropped)
+            found.append(DroppedFile(info.path, info.size or 0, mtime_ns))
         found.sort(key=lambda f: (f.mtime_ns, f.path))
         return found
 
@@ -155,6 +158,9 @@ class FilesReader:
 
     # --- reading
     def read(self, max_records: int, timeout_s: float) -> list[Delivery]:
+        if self._ga4 is not None:  # export files land whole, by day (Ga4Folder): nothing goes through the log
+            self._ga4.step(timeout_s)
+            return []
         deadline = time.monotonic() + timeout_s
         while self._records is None:
             dropped = self.next_file()
@@ -411,4 +417,107 @@ class FilesReader:
         return {"current": current, "files": self.store.counts(), "recent": recent, "waiting": len(self._pending)}
 
     def close(self) -> None:
+        if self._ga4 is not None:
+            self._ga4.close()
         self.store.close()
+
+
+class Ga4Folder:
+    """`format = "ga4"`: GA4 / Firebase BigQuery export files dropped into the folder land by day replace.
+
+    On each arrival (a file not seen before: a new name, or a file rewritten in place), the days to bring in
+    line are the arrival's day and the last LOOKBACK_DAYS event dates present (SumUp re-pulls the last 3 days:
+    BigQuery corrects daily tables for up to 72 hours). A day is imported from every file present for it (its
+    daily files, else its intraday ones: headwater.lake.ga4.plan), so shards arriving one by one add up, an
+    intraday file is superseded by the daily table, and a re-import is idempotent. A day whose files are the
+    ones its last import recorded is skipped (re-importing it would change nothing, except bring back rows a
+    privacy deletion removed). Files need the export's table name (`events_YYYYMMDD`,
+    `events_intraday_YYYYMMDD`) in theirs; a file without one, or a day that fails to import (a truncated
+    file), is marked failed with the reason and a quarantine record, and the day keeps its rows until a new
+    arrival for it imports."""
+
+    LOOKBACK_DAYS = 3
+
+    def __init__(self, reader: FilesReader, settings: Settings) -> None:
+        self.reader = reader
+        self.settings = settings
+        self._importer: Any = None
+        self._next_scan = 0.0
+        self._paths: dict[str, str] = {}
+
+    @property
+    def importer(self) -> Any:
+        """The source's Ga4Importer, opened on first use (`headwater doctor` opens a reader and only lists)."""
+        if self._importer is None:
+            from headwater.lake.ga4 import Ga4Importer
+
+            self._importer = Ga4Importer(self.settings, self.reader.source.name, endpoint="source.files")
+        return self._importer
+
+    def _export(self, dropped: DroppedFile) -> Any:
+        from headwater.lake.ga4_read import ExportFile, name_day
+
+        day, intraday = name_day(dropped.name)
+        self._paths[dropped.key] = dropped.path
+        path = dropped.path if self.reader.local else None
+        fs = self.reader.fs
+        return ExportFile(
+            dropped.name, lambda: fs.open_input_file(dropped.path), dropped.key, dropped.size, day, intraday, path
+        )
+
+    def step(self, timeout_s: float) -> None:
+        """Bring the due days in line with the folder, when a file arrived; else wait up to `timeout_s`."""
+        wait = self._next_scan - time.monotonic()
+        if wait > 0:
+            time.sleep(min(timeout_s, wait))
+            return
+        self._next_scan = time.monotonic() + self.reader.source.poll_seconds
+        from headwater.lake.ga4 import plan
+
+        present = [self._export(f) for f in self.reader.listing()]
+        known = self.reader.store.known()
+        new = [e for e in present if known.get(e.key) not in ("done", "failed")]
+        if not new:
+            return
+        for export in [e for e in new if e.day is None]:
+            self._fail([export], f"{export.name}: no events_YYYYMMDD or events_intraday_YYYYMMDD in the file name")
+        dated = sorted({e.day for e in present if e.day is not None})
+        due = {e.day for e in new if e.day is not None} | set(dated[-self.LOOKBACK_DAYS :])
+        for day in sorted(d for d in due if d is not None):
+            group = plan([e for e in present if e.day == day])[0]
+            arrivals = [e for e in new if e.day == day]
+            recorded = self.importer.store.files_of(self.importer.source, day)
+            if not arrivals and recorded is not None and {f["key"] for f in recorded} == {e.key for e in group.files}:
+                continue  # its files are the ones imported last time
+            self._import(group, arrivals)
+
+    def _import(self, group: Any, arrivals: list[Any]) -> None:
+        rows: collections.Counter[str] = collections.Counter()
+        for export in arrivals:
+            self.reader.store.start(export.key, self._paths.get(export.key, export.name), export.size)
+
+        def progress(name: str, n: int) -> None:
+            rows[name] += n
+
+        try:
+            self.importer.import_group(group, progress)
+        except LakeError as exc:  # the table stayed busy, storage away: the arrivals are taken again next time
+            raise SourceUnavailable(f"day {group.day}: {exc}") from exc
+        except (ImportFileError, OSError, pa.ArrowException, ValueError) as exc:
+            self._fail(arrivals, f"day {group.day}: {exc}")
+            return
+        for export in arrivals:
+            self.reader.store.update(export.key, records=rows[export.name], state="done", finished_at=time.time())
+        log.info("source %s: day %s imported from %s", self.reader.source.name, group.day,
+                 ", ".join(e.name for e in group.files))  # fmt: skip
+
+    def _fail(self, exports: list[Any], reason: str) -> None:
+        log.warning("source %s: %s", self.reader.source.name, reason)
+        self.importer.quarantine_records([(reason, f"file:{e.name}", 0) for e in exports], int(time.time() * 1e6))
+        for export in exports:
+            self.reader.store.start(export.key, self._paths.get(export.key, export.name), export.size)
+            self.reader.store.update(export.key, state="failed", error=reason, finished_at=time.time())
+
+    def close(self) -> None:
+        if self._importer is not None:
+            self._importer.close()
