@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test test-fast test-processing test-sources test-cluster test-engines lint format bench clean browser screenshots
+.PHONY: install up test test-fast test-processing test-sources test-privacy test-cluster test-engines lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -57,6 +57,12 @@ test-sources: install services  ## sources: files, Kafka topics, RabbitMQ queues
 	$(VENV)/bin/pytest tests/sources tests/unit/test_cobol.py tests/unit/test_cobol_records.py tests/unit/test_grib.py \
 		tests/unit/test_source_mapping.py tests/examples/test_pmu_frames.py tests/examples/test_encored.py \
 		tests/integration/test_sources_api.py
+
+test-privacy: install services  ## lifecycle: deletions, erasure in the log and processors, retention, late data, audit, GA4
+	$(VENV)/bin/pytest tests/integration/test_privacy.py tests/integration/test_log_erasure.py \
+		tests/processing/test_erasure.py tests/integration/test_retention.py tests/integration/test_late_data.py \
+		tests/integration/test_audit.py tests/integration/test_ga4.py tests/sources/test_ga4_drop.py \
+		tests/unit/test_ga4_map.py tests/browser/test_privacy_page.py tests/browser/test_audit_page.py
 
 test-cluster: install services  ## every suite on Kafka + PostgreSQL + S3 (started by the tests)
 	$(VENV)/bin/pytest -m cluster
