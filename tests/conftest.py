@@ -44,3 +44,27 @@ def headwater(tmp_path_factory: pytest.TempPathFactory, deployment: dict[str, st
         yield running
     finally:
         running.stop()
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process without running native libraries' exit handlers once pytest is done.
+
+    With PostgreSQL (psycopg's bundled libldap), S3 and DuckDB's avro extension all loaded into this one process,
+    libldap's destructor frees an invalid pointer at exit (gdb: `__GI___libc_free` from `libldap` in `_dl_fini`),
+    turning a green run into exit code 139 after the summary is printed. Headwater's own processes load one of
+    them at a time and exit cleanly; only this process, which drives every service at once, is affected."""
+    if _exit_status:
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[0])

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,16 @@ class RunningHeadwater:
                 return rows
             time.sleep(0.1)
         raise AssertionError(f"{sql!r} gave {rows!r}, expected {expected!r}")
+
+
+@contextlib.contextmanager
+def serving(running: RunningHeadwater) -> Iterator[RunningHeadwater]:
+    """`running` started for the block and stopped after it (also when start-up fails half-way)."""
+    try:
+        yield running.start()
+    finally:
+        if running.proc is not None:
+            running.stop()
 
 
 def child_env(data_dir: Path, **settings: Any) -> dict[str, str]:

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, expect
 
 from headwater.auth.users import UserStore
 from tests.browser.test_web import PASSWORD, shot, sign_in
-from tests.helpers import RunningHeadwater, child_env, make_keys
+from tests.helpers import RunningHeadwater, child_env, make_keys, serving
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
     users.create("root", "admin", PASSWORD)
     users.create("ana", "analyst", PASSWORD)
     users.close()
-    running = RunningHeadwater(data_dir, child_env(data_dir, flush_interval_ms=200), keys=keys)
-    try:
-        yield running.start()
-    finally:
-        if running.proc is not None:
-            running.stop()
+    with serving(RunningHeadwater(data_dir, child_env(data_dir, flush_interval_ms=200), keys=keys)) as running:
+        yield running
 
 
 def test_admin_reads_filters_and_exports_the_audit_trail(app: RunningHeadwater, browser: Browser) -> None:

@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, expect
 
 from headwater.auth.users import UserStore
 from tests.browser.test_web import PASSWORD, shot, sign_in
-from tests.helpers import RunningHeadwater, child_env, make_keys
+from tests.helpers import RunningHeadwater, child_env, make_keys, serving
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
     users.create("ana", "analyst", PASSWORD)
     users.close()
     env = child_env(data_dir, flush_interval_ms=200, privacy_expire_after_minutes=0)
-    running = RunningHeadwater(data_dir, env, keys=keys)
-    try:
-        yield running.start()
-    finally:
-        if running.proc is not None:
-            running.stop()
+    with serving(RunningHeadwater(data_dir, env, keys=keys)) as running:
+        yield running
 
 
 def test_admin_deletes_a_person_from_the_privacy_page(app: RunningHeadwater, browser: Browser) -> None:

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from headwater.lake.coordination import CLAIMS, ClaimStore, open_engine
-from tests.helpers import RunningHeadwater, child_env, make_keys, make_settings
+from tests.helpers import RunningHeadwater, child_env, make_keys, make_settings, serving
 
 HOUR = timedelta(hours=1)
 
@@ -27,11 +27,8 @@ def headwater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadw
     data_dir = tmp_path_factory.mktemp("late")
     keys = make_keys(data_dir)
     env = child_env(data_dir, flush_interval_ms=200)
-    running = RunningHeadwater(data_dir, env, keys=keys).start()
-    try:
+    with serving(RunningHeadwater(data_dir, env, keys=keys)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def unique(prefix: str) -> str:

@@ -27,7 +27,7 @@ import pytest
 
 from headwater.lake.importer import Importer
 from headwater.lake.tables import open_catalog
-from tests.helpers import RunningHeadwater, child_env, make_keys, make_settings
+from tests.helpers import RunningHeadwater, child_env, make_keys, make_settings, serving
 
 DOOMED = [f"zx{i:03d}q" for i in range(50)]  # no id is a substring of another: raw byte search is exact
 DOOMED_ANON = [f"an{i:03d}q" for i in range(25)]  # their anonymous ids, found only through identify events
@@ -65,12 +65,8 @@ def hw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
         privacy_personal_properties='["email"]',
         processors=json.dumps([f"{data_dir / 'per_user.py'}:pipeline"]),
     )
-    running = RunningHeadwater(data_dir, env, keys=keys)
-    try:
-        yield running.start()
-    finally:
-        if running.proc is not None:
-            running.stop()
+    with serving(RunningHeadwater(data_dir, env, keys=keys)) as running:
+        yield running
 
 
 def history(data_dir: Path) -> dict[str, int]:
@@ -276,12 +272,68 @@ def test_deletion_requests_are_checked_and_admin_only(hw: RunningHeadwater) -> N
         ({"anonymous_ids": [1]}, "anonymous_ids[0]"), ({"user_ids": ["a"], "emails": []}, "emails"),
         ({"user_ids": ["a"], "suppress_days": -1}, "suppress_days"),
         ({"user_ids": [f"u{i}" for i in range(10_001)]}, "at most 10000"),
+        ({"user_ids": ["a"], "suppress_days": 1e12}, "suppress_days"),
     ):  # fmt: skip
         response = httpx.post(url, json=body, headers=admin, timeout=10)
         assert response.status_code == 400 and field in response.json()["error"], (body, response.text)
     assert httpx.get(url + "/nope", headers=admin, timeout=10).status_code == 404
     listed = httpx.get(url, headers=admin, timeout=10).json()["deletions"]
     assert listed and "user_ids" not in json.dumps(listed)
+
+
+def delete(hw: RunningHeadwater, body: dict[str, Any]) -> dict[str, Any]:
+    """A deletion through the API, waited for; its final status."""
+    admin = {"Authorization": f"Bearer {hw.keys['admin']}"}
+    request = httpx.post(hw.url + "/api/privacy/deletions", json=body, headers=admin, timeout=30).json()
+    deadline = time.monotonic() + 120
+    while (status := httpx.get(hw.url + request["url"], headers=admin, timeout=30).json())["state"] not in (
+        "completed", "failed"
+    ):  # fmt: skip
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert status["state"] == "completed", status
+    return status
+
+
+def test_links_repeated_deletions_numbers_and_escaped_ids(hw: RunningHeadwater) -> None:
+    """An anonymous visitor who identified as an old id later aliased to a new one is found from the new id; a
+    person deleted twice (new events in between, no suppression) loses the new rows too; a numeric user id is
+    suppressed; a quarantined payload spelling the id with upper-case escapes goes."""
+    tag = f"{os.getpid() % 1000:03d}"
+    anon, old, new = f"lnkanon{tag}", f"lnkold{tag}", f"lnknew{tag}"
+    batch = [
+        {"type": "page", "name": "home", "anonymousId": anon},
+        {"type": "identify", "userId": old, "anonymousId": anon},
+        {"type": "alias", "previousId": old, "userId": new},
+        {"type": "track", "event": "bought", "userId": new},
+    ]
+    assert post_batch(hw, batch) == 4
+    escaped = json.dumps({"userId": "\u00c9" + new}).replace("\\u00c9", "\\u00C9")  # no event name: quarantined
+    hw.post("/track", escaped, hw.keys["write"])
+    theirs = f"anonymous_id = '{anon}' OR user_id IN ('{old}', '{new}')"
+    hw.wait_rows(f"SELECT count(*) FROM events WHERE {theirs}", [[4]])
+    status = delete(hw, {"user_ids": [new, "\u00c9" + new]})
+    assert status["ids_deleted"] == 4 and status["rows_removed"]["events"] == 4  # new, old (alias), anon, É-id
+    assert status["rows_removed"]["quarantine"] == 1
+    assert hw.sql(f"SELECT count(*) FROM events WHERE anonymous_id = '{anon}' OR user_id IN ('{old}', '{new}')") == [
+        [0]
+    ]
+
+    # the same person again: the writer still knows their key; a second deletion finds the new rows by it
+    assert post_batch(hw, live_batch([new, new], random.Random(5))) == 2
+    hw.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{new}'", [[2]])
+    assert delete(hw, {"user_ids": [new]})["rows_removed"]["events"] == 2
+    assert hw.sql(f"SELECT count(*) FROM events WHERE user_id = '{new}'") == [[0]]
+    assert hw.sql(f"SELECT count(DISTINCT user_id) FROM events WHERE user_id = '{new}'") == [[0]]
+
+    # a numeric user id is suppressed as the event model stores it ("4242...")
+    number = 4242000 + os.getpid() % 1000
+    assert post_batch(hw, [{"type": "track", "event": "n", "userId": number}]) == 1
+    hw.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{number}'", [[1]])
+    delete(hw, {"user_ids": [str(number)], "suppress_days": 1})
+    reply = hw.post("/v1/batch", json.dumps({"batch": [{"type": "track", "event": "n", "userId": number}]}),
+                    hw.keys["write"])  # fmt: skip
+    assert reply.json()["suppressed"] == 1
 
 
 def test_a_worker_killed_mid_deletion_resumes_and_completes(tmp_path: Path) -> None:

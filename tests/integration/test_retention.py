@@ -29,7 +29,7 @@ from headwater.log.sqlite import SqliteLog
 from headwater.processing.records import encode_output
 from headwater.processing.tables import OutputTableWriter
 from headwater.query.engine import QueryEngine
-from tests.helpers import RunningHeadwater, child_env, make_keys, make_settings
+from tests.helpers import RunningHeadwater, child_env, make_keys, make_settings, serving
 
 NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 
@@ -214,11 +214,8 @@ def trimmed_headwater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     data_dir = tmp_path_factory.mktemp("retention")
     keys = make_keys(data_dir)
     env = child_env(data_dir, flush_interval_ms=200, maintenance_interval_s=0.5, events_retention_days=3)
-    running = RunningHeadwater(data_dir, env, keys=keys).start()
-    try:
+    with serving(RunningHeadwater(data_dir, env, keys=keys)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def metric(headwater: RunningHeadwater, name: str, **labels: str) -> float:

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from headwater.api.principal import authenticate
+from headwater.api.principal import Principal, guarded
 from headwater.api.responses import error_response, json_response
-from headwater.core.errors import AuthError, QueryError
+from headwater.core.errors import QueryError
 from headwater.lake.ga4 import DayStore, day_text, reconciliation
 
 
@@ -39,12 +39,7 @@ def import_routes(services: Callable[[], Any]) -> list[Route]:
         query = services().query
         return reconciliation(lambda sql: query.execute(sql).rows, source, expected, since, until)
 
-    async def reconcile(request: Request) -> Response:
-        s = services()
-        try:
-            authenticate(request, s.keys, s.users, "view")
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
+    async def reconcile(request: Request, s: Any, who: Principal) -> Response:
         params = request.query_params
         source = params.get("source") or "ga4"
         try:
@@ -57,4 +52,4 @@ def import_routes(services: Callable[[], Any]) -> list[Route]:
         except QueryError as exc:
             return error_response(str(exc), exc.status)
 
-    return [Route("/api/imports/ga4/reconcile", reconcile, methods=["GET"])]
+    return [Route("/api/imports/ga4/reconcile", guarded(services, "view", reconcile), methods=["GET"])]

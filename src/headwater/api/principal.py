@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
+from headwater.api.responses import error_response
 from headwater.auth.keys import KeyStore
 from headwater.auth.users import PERMISSIONS, UserStore
 from headwater.collector.routes import request_key
@@ -43,3 +47,21 @@ def authenticate(request: Request, keys: KeyStore, users: UserStore, permission:
     if permission not in principal.permissions:
         raise AuthError(f"{principal.kind} {principal.name!r} ({principal.role}) may not {permission}", 403)
     return principal
+
+
+Handler = Callable[[Request, Any, Principal], Awaitable[Response]]
+
+
+def guarded(services: Callable[[], Any], permission: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that lets through only callers allowed `permission` (401 / 403 as JSON otherwise), then
+    awaits `handler(request, services(), principal)`."""
+
+    async def endpoint(request: Request) -> Response:
+        s = services()
+        try:
+            who = authenticate(request, s.keys, s.users, permission)
+        except AuthError as exc:
+            return error_response(str(exc), exc.status)
+        return await handler(request, s, who)
+
+    return endpoint

@@ -17,31 +17,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from headwater.api.principal import authenticate
+from headwater.api.principal import Principal, guarded
 from headwater.api.responses import error_response, json_response
 from headwater.core.erasure import hash_id
-from headwater.core.errors import AuthError
-from headwater.privacy.requests import validate_ids
+from headwater.privacy.requests import check_days, validate_ids
 
 
 def privacy_routes(services: Callable[[], Any]) -> list[Route]:
     """`services()` gives the opened Services (with `deletions`, `audit` and `suppressor`)."""
 
-    async def create(request: Request) -> Response:
-        s = services()
-        try:
-            who = authenticate(request, s.keys, s.users, "manage")
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
+    async def create(request: Request, s: Any, who: Principal) -> Response:
         try:
             doc = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
             return error_response(f"body is not valid JSON: {exc}", 400)
         try:
             user_ids, anonymous_ids = validate_ids(doc)
-            days = doc.get("suppress_days", 0)
-            if not isinstance(days, int | float) or isinstance(days, bool) or days < 0:
-                raise ValueError("suppress_days: expected a number of days, 0 or more")
+            days = check_days(doc.get("suppress_days", 0))
         except ValueError as exc:
             return error_response(str(exc), 400)
         address = request.client.host if request.client else ""
@@ -61,30 +53,20 @@ def privacy_routes(services: Callable[[], Any]) -> list[Route]:
         body["url"] = f"/api/privacy/deletions/{created.id}"
         return json_response(body, 202, headers={"location": body["url"]})
 
-    async def one(request: Request) -> Response:
-        s = services()
-        try:
-            authenticate(request, s.keys, s.users, "manage")
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
+    async def one(request: Request, s: Any, who: Principal) -> Response:
         found = await run_in_threadpool(s.deletions.get, request.path_params["id"])
         if found is None:
             return error_response(f"no deletion request {request.path_params['id']!r}", 404)
         return json_response(found.public())
 
-    async def listing(request: Request) -> Response:
-        s = services()
-        try:
-            authenticate(request, s.keys, s.users, "manage")
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
+    async def listing(request: Request, s: Any, who: Principal) -> Response:
         found = await run_in_threadpool(s.deletions.list, 100)
         return json_response({"deletions": [d.public() for d in found]})
 
-    async def collection(request: Request) -> Response:
-        return await (create(request) if request.method == "POST" else listing(request))
+    async def collection(request: Request, s: Any, who: Principal) -> Response:
+        return await (create if request.method == "POST" else listing)(request, s, who)
 
     return [
-        Route("/api/privacy/deletions", collection, methods=["GET", "POST"]),
-        Route("/api/privacy/deletions/{id}", one, methods=["GET"]),
+        Route("/api/privacy/deletions", guarded(services, "manage", collection), methods=["GET", "POST"]),
+        Route("/api/privacy/deletions/{id}", guarded(services, "manage", one), methods=["GET"]),
     ]

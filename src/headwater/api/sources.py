@@ -19,29 +19,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from headwater.api.principal import authenticate
+from headwater.api.principal import Principal, guarded
 from headwater.api.responses import error_response, json_response
-from headwater.core.errors import AuthError
 from headwater.sources.status import read_status
 
 
 def source_routes(services: Callable[[], Any]) -> list[Route]:
     """Routes reading `services().settings.sources`; auth as every /api read."""
 
-    async def sources(request: Request) -> Response:
-        s = services()
-        try:
-            authenticate(request, s.keys, s.users, "view")
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
+    async def sources(request: Request, s: Any, who: Principal) -> Response:
         return json_response({"sources": [read_status(s.settings, source) for source in s.settings.sources]})
 
-    async def one(request: Request) -> Response:
-        s = services()
-        try:
-            authenticate(request, s.keys, s.users, "view")
-        except AuthError as exc:
-            return error_response(str(exc), exc.status)
+    async def one(request: Request, s: Any, who: Principal) -> Response:
         name = request.path_params["name"]
         for source in s.settings.sources:
             if source.name == name:
@@ -51,6 +40,6 @@ def source_routes(services: Callable[[], Any]) -> list[Route]:
         return error_response(f"no source named {name!r} ({hint})", 404)
 
     return [
-        Route("/api/sources", sources, methods=["GET"]),
-        Route("/api/sources/{name}", one, methods=["GET"]),
+        Route("/api/sources", guarded(services, "view", sources), methods=["GET"]),
+        Route("/api/sources/{name}", guarded(services, "view", one), methods=["GET"]),
     ]

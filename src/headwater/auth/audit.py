@@ -39,7 +39,7 @@ ACTIONS = frozenset({
     "user.created", "user.role_changed", "user.deleted", "user.password_changed",
     "share.created", "share.revoked",
     "settings.started", "settings.changed",
-    "privacy.deletion_requested", "privacy.deletion_completed",
+    "privacy.deletion_requested", "privacy.deletion_completed", "privacy.deletion_failed",
     "plan.changed",
     "login.succeeded", "login.failed",
 })  # fmt: skip

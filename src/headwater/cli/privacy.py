@@ -58,16 +58,18 @@ def register(app: typer.Typer) -> None:
         `headwater up` carries requests out in the background; `--wait` does it in this command and shows progress."""
         from headwater.cli.audit import record_cli
         from headwater.core.erasure import Suppressor, hash_id, open_board
-        from headwater.privacy.requests import DeletionStore, validate_ids
+        from headwater.privacy.requests import DeletionStore, check_days, validate_ids
 
         settings = settings_from(config, data_dir=data_dir)
         try:
+            check_days(suppress_days)
             users, anons = validate_ids(
                 {"user_ids": [*(user_id or []), *_read_ids(users_file)],
                  "anonymous_ids": [*(anonymous_id or []), *_read_ids(anonymous_file)]}
             )  # fmt: skip
         except (ValueError, OSError) as exc:
-            fail(str(exc).replace("user_ids", "--user-id").replace("anonymous_ids", "--anonymous-id"))
+            message = str(exc).replace("user_ids", "--user-id").replace("anonymous_ids", "--anonymous-id")
+            fail(message.replace("suppress_days", "--suppress-days"))
         engine = open_board(settings.effective_catalog_uri)
         try:
             store = DeletionStore(engine)

@@ -50,9 +50,13 @@ def request_key(headers: Mapping[str, str]) -> str | None:
 
 
 def ids_of(value: bytes) -> tuple[object, ...]:
-    """The person ids of a log record's event (user id, anonymous id, and an alias's previous id)."""
+    """The person ids of a log record's event (user id, anonymous id, and an alias's previous id); for a
+    quarantined record, those of its raw payload when that is a JSON object."""
     try:
-        event = orjson.loads(value).get("e")
+        envelope = orjson.loads(value)
+        event = envelope.get("e")
+        if event is None and isinstance(envelope.get("raw"), str):
+            event = orjson.loads(envelope["raw"])
     except orjson.JSONDecodeError:
         return ()
     if not isinstance(event, dict):
@@ -147,7 +151,7 @@ class Collector:
 
     def _suppress(self, parsed: ParsedBatch, source: str) -> int:
         """Drop the events that carry a suppressed id (a deleted person's); return how many."""
-        if self.suppressor is None or not parsed.records or not self.suppressor.active():
+        if self.suppressor is None or not (parsed.records or parsed.quarantine) or not self.suppressor.active():
             return 0
         blocked = self.suppressor.blocked
         keep = [not blocked(*ids_of(value)) for _key, value in parsed.records]
@@ -156,6 +160,9 @@ class Collector:
             parsed.records = [r for r, k in zip(parsed.records, keep, strict=True) if k]
             parsed.idempotency = [i for i, k in zip(parsed.idempotency, keep, strict=True) if k]
             self._suppressed[source] += dropped
+        invalid = len(parsed.quarantine)  # nor do their invalid events reach quarantine (still answered as rejected)
+        parsed.quarantine = [r for r in parsed.quarantine if not blocked(*ids_of(r[1]))]
+        self._suppressed[source] += invalid - len(parsed.quarantine)
         return dropped
 
     async def _append(self, parsed: ParsedBatch, label: str, suppressed: int = 0) -> tuple[int, dict[str, Any]]:

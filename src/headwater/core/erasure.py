@@ -155,9 +155,20 @@ class ErasureSet:
         return False
 
 
+_HTML_ESCAPES = {"&": ("\\u0026",), "<": ("\\u003c", "\\u003C"), ">": ("\\u003e", "\\u003E")}
+
+
 def json_tokens(value: str) -> set[bytes]:
-    """The ways a JSON writer may spell `value` as a string: orjson's (UTF-8) and ASCII-escaped."""
-    return {orjson.dumps(value), json.dumps(value, ensure_ascii=True).encode()}
+    """The ways JSON writers spell `value` as a string: raw UTF-8 (orjson), `\\u00e9` and `\\u00E9` escapes (Python,
+    .NET), `\\/` for a slash (PHP) and `\\u0026`-style escapes of `& < >` (Go)."""
+    spellings = {orjson.dumps(value).decode(), json.dumps(value, ensure_ascii=True)}
+    spellings |= {re.sub(r"\\u([0-9a-f]{4})", lambda m: "\\u" + m.group(1).upper(), t) for t in spellings}
+    if "/" in value:
+        spellings |= {t.replace("/", "\\/") for t in spellings}
+    for char, escapes in _HTML_ESCAPES.items():
+        if char in value:
+            spellings |= {t.replace(char, e) for t in spellings for e in escapes}
+    return {t.encode() for t in spellings}
 
 
 def hash_id(value: str, salt: str) -> str:
@@ -326,12 +337,18 @@ class Suppressor:
         return bool(self._hashes)
 
     def blocked(self, *ids: object) -> bool:
-        """Whether any of `ids` (strings; others ignored) is suppressed. Call `active()` first per batch."""
+        """Whether any of `ids` is suppressed (numbers as the event model stores them: `12345` is "12345").
+        Call `active()` first per batch."""
         hashes = self._hashes
         if not hashes or self._salt is None:
             return False
         salt = self._salt
-        return any(isinstance(i, str) and i and hash_id(i, salt) in hashes for i in ids)
+        for value in ids:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                value = str(value)
+            if isinstance(value, str) and value and hash_id(value, salt) in hashes:
+                return True
+        return False
 
     def purge(self) -> int:
         """Forget suppressions whose period ended."""

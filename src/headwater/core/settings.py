@@ -193,6 +193,7 @@ class Settings(BaseSettings):
     privacy_suppress_days: float = Field(
         0.0,
         ge=0,
+        le=36_500,
         description="Days during which events carrying a deleted id are dropped at the collector and counted "
         "(0 = no suppression; a request may ask for its own period).",
     )

@@ -3,7 +3,8 @@
 Rollups (`headwater.lake.rollups`) keep the exact set of active people per day as Roaring bitmaps, which
 hold 32-bit integers, so every id string that appears in `user_id` or `anonymous_id` gets a key from
 `headwater_person_keys` in the catalog's database (SQLite on one machine, PostgreSQL in a cluster: every
-writer and import shares one numbering). Keys are never reused or changed; a string `"42"` used as a
+writer and import shares one numbering). Keys are never reused or changed (a privacy deletion renames an id's
+row to a salted hash and keeps the key: `forget`); a string `"42"` used as a
 user id and as an anonymous id is one key, as `count(DISTINCT coalesce(user_id, anonymous_id))` counts it
 once.
 """
@@ -99,7 +100,7 @@ class PersonKeys:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def keys_of(self, ids: Iterable[str]) -> dict[str, int]:
-        """The keys of the ids that have one (an id never seen in `events` has none)."""
+        """The keys of the ids that have one (an id never seen in `events` has none), read without assigning any."""
         wanted = sorted(set(ids))
         found: dict[str, int] = {}
         for start in range(0, len(wanted), 500):
@@ -111,18 +112,50 @@ class PersonKeys:
                 found.update({str(p): int(k) for p, k in conn.execute(query)})
         return found
 
-    def forget(self, ids: Iterable[str]) -> int:
-        """Delete the ids' rows (a privacy deletion); their keys are never given to another id. Returns how many.
+    def erased_keys(self, names: Iterable[str]) -> set[int]:
+        """Keys of rows `forget` renamed to one of `names`: a writer that still had such an id cached went on
+        writing rows with its old key, which a later deletion of the same person must find."""
+        wanted = sorted(set(names))
+        found: set[int] = set()
+        for start in range(0, len(wanted), 100):
+            ranges = [
+                sa.and_(PERSON_KEYS.c.person_id >= f"{n}:", PERSON_KEYS.c.person_id < f"{n};")
+                for n in wanted[start : start + 100]
+            ]
+            with self.engine.connect() as conn:
+                found.update(
+                    int(k) for (k,) in conn.execute(sa.select(PERSON_KEYS.c.person_key).where(sa.or_(*ranges)))
+                )
+        return found
 
-        On SQLite the deleted rows' bytes are overwritten (`secure_delete`), not left in free pages."""
-        wanted = sorted(set(ids))
-        removed = 0
+    def known_keys(self, ids: Iterable[str]) -> dict[str, int]:
+        """Keys of the ids, from the cache or the database, never assigning one."""
+        wanted = set(ids)
+        found = {i: self._cache[i] for i in wanted if i in self._cache}
+        missing = wanted - set(found)
+        if missing:
+            found.update(self.keys_of(missing))
+        return found
+
+    def forget(self, names: dict[str, str]) -> int:
+        """A privacy deletion: each id's row keeps its key, its name becomes `<names[id]>:<key>` (names are salted
+        hashes), so the key is never given to another id and the id itself is gone. Returns rows changed.
+
+        On SQLite the old bytes are overwritten (`secure_delete`), not left in free pages."""
+        changed = 0
+        wanted = sorted(names)
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             with self.engine.begin() as conn:
                 if conn.dialect.name == "sqlite":
                     conn.execute(sa.text("PRAGMA secure_delete = ON"))
-                removed += conn.execute(sa.delete(PERSON_KEYS).where(PERSON_KEYS.c.person_id.in_(chunk))).rowcount or 0
+                query = sa.select(PERSON_KEYS.c.person_key, PERSON_KEYS.c.person_id)
+                for key, pid in conn.execute(query.where(PERSON_KEYS.c.person_id.in_(chunk))).all():
+                    renamed = f"{names[str(pid)]}:{key}"
+                    conn.execute(
+                        sa.update(PERSON_KEYS).where(PERSON_KEYS.c.person_key == key).values(person_id=renamed)
+                    )
+                    changed += 1
         for pid in wanted:
             self._cache.pop(pid, None)
-        return removed
+        return changed

@@ -170,8 +170,11 @@ def subtract_rollup(old: bytes, kept: pa.Table, removed: pa.Table, persons: Pers
         ).as_py()
     ):
         return None
-    gone_users = _bitmap(persons.key_array(removed_users))
-    gone_people = _bitmap(persons.key_array(removed_people))
+    keys = persons.known_keys(pc.unique(pa.concat_arrays([removed_users, removed_people])).to_pylist())
+    if len(keys) < len(set(removed_users.to_pylist()) | set(removed_people.to_pylist())):
+        return None  # an id without a key (forgotten by a deletion): never assign one here
+    gone_users = BitMap(keys[i] for i in removed_users.to_pylist())
+    gone_people = BitMap(keys[i] for i in removed_people.to_pylist())
     micros = pc.cast(removed.column("timestamp"), pa.int64()).to_numpy()
     hours = np.floor_divide(micros, US_PER_HOUR)
     events = removed.column("event").to_pylist()

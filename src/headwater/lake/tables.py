@@ -152,7 +152,7 @@ def _ensure_tables(catalog: Catalog) -> dict[str, Table]:
     for name, (schema, spec) in SPECS.items():
         identifier = f"{NAMESPACE}.{name}"
         try:
-            tables[name] = _with_properties(catalog.load_table(identifier))
+            tables[name] = upgrade_properties(catalog.load_table(identifier))
         except NoSuchTableError:
             try:
                 tables[name] = catalog.create_table(
@@ -164,7 +164,7 @@ def _ensure_tables(catalog: Catalog) -> dict[str, Table]:
     return tables
 
 
-def _with_properties(table: Table) -> Table:
+def upgrade_properties(table: Table) -> Table:
     """Bring a table created by an older Headwater up to today's TABLE_PROPERTIES."""
     stale = {k: v for k, v in TABLE_PROPERTIES.items() if k != "format-version" and table.properties.get(k) != v}
     if stale:

@@ -2,17 +2,18 @@
 killed at any point (kill -9 included) resumes the request where it stood.
 
 Steps, in this order because each closes a door the next relies on:
-1. `expand`: the people's other ids: anonymous ids seen on their events, earlier ids their aliases name; and,
-   with `privacy_personal_properties`, the values those properties had on their events.
+1. `expand`: the people's other ids, link by link: anonymous ids their identify events carry, ids their aliases
+   link; their person keys; and, with `privacy_personal_properties`, the values those properties had.
 2. `suppress`: (optional) events carrying the ids are dropped at the collector from now on.
 3. `log`: the embedded log's records holding an id become ERASED (retained and not yet consumed alike).
 4. `consumers`: wait until the lake writer has committed past the log's end at step 3 (what it had read
    before the erasure is in the lake by then, where step 6 finds it).
 5. `processors`: processors apply the erasure to their state (ack on the board); stopped ones are erased here.
 6. `tables`: copy-on-write of only the files that can hold the rows, in every table of the lake.
-7. `persons`: the ids' integer person keys are forgotten.
 Then the request waits `privacy_expire_after_minutes` (queries still reading older snapshots finish), and:
-8. `verify`: step 6 again, for rows that raced in while it ran (e.g. a source landing a batch read earlier).
+7. `verify`: step 6 again, for rows that raced in while it ran (e.g. a source landing a batch read earlier);
+   files are chosen by the person keys found in step 1, so rows written since with those keys are found.
+8. `persons`: the ids' rows of person keys are renamed to salted hashes (the keys stay reserved).
 9. `expire`: every snapshot but the current one is expired and the files only they referenced (the old data
    files, manifests) are deleted; the catalog database's write-ahead log is checkpointed.
 Completed: the request keeps only salted hashes of the ids; an audit row records it.
@@ -20,6 +21,7 @@ Completed: the request keeps only salted hashes of the ids; an audit row records
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,9 +44,9 @@ from headwater.core.erasure import Erasure, ErasureBoard, ErasureSet, Suppressor
 from headwater.core.settings import Settings
 from headwater.lake.layout import FileWriter, file_writers
 from headwater.lake.rewrite import Rewriter, RewriteStats, live_files
-from headwater.lake.tables import NAMESPACE, SPECS, ensure_tables, open_catalog
+from headwater.lake.tables import NAMESPACE, SPECS, ensure_tables, open_catalog, upgrade_properties
 from headwater.log import EventLog, open_log
-from headwater.privacy.expiry import expire_all_but_current
+from headwater.privacy.expiry import drop_deleted_entries, expire_all_but_current
 from headwater.privacy.requests import COMPLETED, EXPIRING, Deletion, DeletionStore
 from headwater.privacy.rules import (
     ANONYMOUS_ID_FIELD,
@@ -58,7 +60,8 @@ from headwater.privacy.rules import (
 
 log = logging.getLogger(__name__)
 LAKE_GROUP = "lake"
-STATIC_GIVE_UP_S = 15.0  # the lake writer's offsets have not moved for this long: it is not running
+STATIC_GIVE_UP_S = 90.0  # the lake writer's offsets have not moved for this long (a long compaction included)
+MAX_HOPS = 5  # links followed from the ids given (user -> anonymous id, alias -> alias, ...)
 HEARTBEAT_S = 5.0
 
 
@@ -83,7 +86,6 @@ class Deleter:
         for name, step in (
             ("expand", self._expand), ("suppress", self._suppress), ("log", self._erase_log),
             ("consumers", self._wait_consumers), ("processors", self._processors), ("tables", self._tables),
-            ("persons", self._persons),
         ):  # fmt: skip
             if name not in progress:
                 self._run_step(request, name, step)
@@ -95,14 +97,14 @@ class Deleter:
             if request.state != EXPIRING:
                 self.store.save(request, EXPIRING, due_ms=progress["due"], holder="")
             return
-        for name, step in (("verify", self._verify), ("expire", self._expire)):
+        for name, step in (("verify", self._verify), ("persons", self._persons), ("expire", self._expire)):
             if name not in progress:
                 self._run_step(request, name, step)
         self.board.close(self._seq(request))  # first: a crash before `complete` repeats only idempotent steps
         self.store.complete(request, self.salt)
         _checkpoint(self.engine)  # the request's row held the ids until now: fold its old page images away
         metrics.PRIVACY_DELETIONS.labels("completed").inc()
-        self._audit(request)
+        self.audit(request, "privacy.deletion_completed", {"rows_removed": request.public()["rows_removed"]})
         log.info(
             "deletion %s completed in %.1f s",
             request.id,
@@ -123,13 +125,14 @@ class Deleter:
             self._saved = time.monotonic()
             self.store.save(request)
 
-    def _audit(self, request: Deletion) -> None:
+    def audit(self, request: Deletion, action: str, details: dict[str, Any]) -> None:
+        """An audit row about the request (its ids as salted hashes only); a failure to write it is logged."""
         try:
             from headwater.auth.audit import AuditLog
 
             AuditLog(self.engine).record(
-                "system", "privacy.deletion_completed", target=request.id, actor_kind="system",
-                details={"ids_hashed": request.ids_hashed, "rows_removed": request.public()["rows_removed"]},
+                "system", action, target=request.id, actor_kind="system",
+                details={"ids_hashed": request.ids_hashed, **details},
             )  # fmt: skip
         except Exception:
             log.exception("deletion %s: could not write the audit row", request.id)
@@ -145,45 +148,70 @@ class Deleter:
         return int(seq)
 
     def _expand(self, request: Deletion) -> dict[str, Any]:
+        """The people's other ids, hop by hop (at most MAX_HOPS): anonymous ids on their user ids' events
+        (identify), and ids aliases link to theirs in either direction; their person keys, also those of rows
+        an earlier deletion of the same ids renamed (a writer may still have written with them); and the
+        values of personal properties on their events."""
         users, anons = set(request.user_ids), set(request.anonymous_ids)
         personal = self.settings.privacy_personal_properties
         table = self.catalog.load_table(f"{NAMESPACE}.events")
-        persons = self.files["events"].persons
-        rollups = self.files["events"].rollups
+        persons, rollups = self.files["events"].persons, self.files["events"].rollups
         assert persons is not None and rollups is not None
-        candidates = EventCandidates(rollups, persons.keys_of(users | anons).values())
-        files = candidates(table, live_files(table))
-        if not personal:  # other ids come from rows with an anonymous or previous id: skip files that have none
-            files = [f for f in files if has_values(f, ANONYMOUS_ID_FIELD) or has_values(f, PREVIOUS_ID_FIELD)]
-        columns = ["user_id", "anonymous_id", "previous_id"]
+        columns = ["user_id", "anonymous_id", "previous_id", *(("properties", "traits") if personal else ())]
         found: list[pa.Table] = []
+        frontier, scanned = users | anons, 0
+        for _hop in range(MAX_HOPS):
+            if not frontier:
+                break
+            keys = self._keys(frontier)
+            files = EventCandidates(rollups, keys)(table, live_files(table))
+            if not personal:  # other ids come from rows with an anonymous or previous id: skip files with none
+                files = [f for f in files if has_values(f, ANONYMOUS_ID_FIELD) or has_values(f, PREVIOUS_ID_FIELD)]
+            wanted = pa.array(sorted(frontier), pa.string())
 
-        user_set = pa.array(sorted(users), pa.string())
-        id_set = pa.array(sorted(users | anons), pa.string())
+            def read(path: str, wanted: pa.Array = wanted) -> pa.Table:
+                with table.io.new_input(path).open() as stream:
+                    rows = pq.read_table(stream, columns=columns)
+                mine = pc.or_(_member(rows.column("user_id"), wanted), _member(rows.column("previous_id"), wanted))
+                return rows.filter(pc.or_(mine, _member(rows.column("anonymous_id"), wanted)))
 
-        def read(path: str) -> pa.Table:
-            with table.io.new_input(path).open() as stream:
-                rows = pq.read_table(stream, columns=columns + ([c for c in ("properties", "traits") if personal]))
-            mine = pc.or_(_member(rows.column("user_id"), user_set), _member(rows.column("anonymous_id"), id_set))
-            return rows.filter(mine)
-
-        with ThreadPoolExecutor(2) as pool:
-            for part in pool.map(read, [f.file_path for f in files]):
-                if part.num_rows:
-                    found.append(part)
-                self.heartbeat(request)
-        rows = pa.concat_tables(found) if found else None
-        if rows is not None:
-            of_users = rows.filter(_member(rows.column("user_id"), user_set))
-            anons |= {a for a in of_users.column("anonymous_id").to_pylist() if a}
-            aliases = {a for a in of_users.column("previous_id").to_pylist() if a}
-            users |= aliases
-            anons |= aliases
-        values = _personal_values(rows, personal, users, anons) if rows is not None and personal else {}
+            with ThreadPoolExecutor(2) as pool:
+                parts = [part for part in pool.map(read, [f.file_path for f in files]) if part.num_rows]
+            scanned += len(files)
+            self.heartbeat(request)
+            known = users | anons
+            for rows in parts:
+                found.append(rows)
+                user_set = pa.array(sorted(users), pa.string())
+                of_users = rows.filter(_member(rows.column("user_id"), user_set))
+                anons |= {a for a in of_users.column("anonymous_id").to_pylist() if a}
+                linked = {a for a in of_users.column("previous_id").to_pylist() if a}  # aliases: earlier ids
+                renamed = rows.filter(_member(rows.column("previous_id"), pa.array(sorted(known), pa.string())))
+                linked |= {u for u in renamed.column("user_id").to_pylist() if u}  # aliases: later ids
+                users |= linked
+                anons |= linked
+            frontier = (users | anons) - known
+        everyone = users | anons
+        values: dict[str, list[str]] = {}
+        if found and personal:  # from the rows that are theirs (not a shared device's other user's)
+            rows = pa.concat_tables(found)
+            values = _personal_values(
+                rows.filter(EventRule(ErasureSet.of(users), ErasureSet.of(everyone)).remove(rows)), personal
+            )
         return {
-            "users": sorted(users), "anons": sorted(anons), "all": sorted(users | anons), "personal": values,
-            "files_scanned": len(files),
+            "users": sorted(users), "anons": sorted(anons), "all": sorted(everyone), "personal": values,
+            "keys": sorted(self._keys(everyone)), "files_scanned": scanned,
         }  # fmt: skip
+
+    def _keys(self, ids: set[str]) -> set[int]:
+        """Person keys of `ids`: their rows in `headwater_person_keys`, and rows an earlier deletion renamed."""
+        persons = self.files["events"].persons
+        assert persons is not None
+        keys = set(persons.keys_of(ids).values())
+        return keys | persons.erased_keys(self._erased_name(i) for i in ids)
+
+    def _erased_name(self, person_id: str) -> str:
+        return "erased:" + hash_id(person_id, self.salt)
 
     def _suppress(self, request: Deletion) -> dict[str, Any]:
         days = request.suppress_days or self.settings.privacy_suppress_days
@@ -297,11 +325,13 @@ class Deleter:
         self, request: Deletion, name: str, table: Table, users: ErasureSet, everyone: ErasureSet,
         personal: dict[str, ErasureSet], values: list[str],
     ) -> RewriteStats:  # fmt: skip
+        with contextlib.suppress(CommitFailedException):  # a table made by an older Headwater: no id bounds
+            upgrade_properties(table)
         writer = self.files.get(name) or FileWriter(name, self.settings.lake_file_target_mb)
         candidates: Any
         if name == "events":
             assert writer.rollups is not None and writer.persons is not None
-            keys = writer.persons.keys_of(everyone.ids).values()
+            keys = request.progress["expand"]["keys"]
             candidates = EventCandidates(writer.rollups, keys, every_file=bool(personal))
             rule: Any = EventRule(users, everyone, personal)
         elif name == "quarantine":
@@ -321,7 +351,7 @@ class Deleter:
     def _persons(self, request: Deletion) -> dict[str, Any]:
         persons = self.files["events"].persons
         assert persons is not None
-        return {"removed": persons.forget(request.progress["expand"]["all"])}
+        return {"removed": persons.forget({i: self._erased_name(i) for i in request.progress["expand"]["all"]})}
 
     def _expire(self, request: Deletion) -> dict[str, Any]:
         deleted = 0
@@ -332,6 +362,7 @@ class Deleter:
                 continue
             for attempt in range(20):
                 try:
+                    drop_deleted_entries(table)
                     paths = expire_all_but_current(table)
                     break
                 except CommitFailedException:
@@ -352,7 +383,7 @@ def _member(column: pa.ChunkedArray, values: pa.Array) -> pa.ChunkedArray:
     return pc.fill_null(pc.is_in(column, value_set=values), False)
 
 
-def _personal_values(rows: pa.Table, personal: list[str], users: set[str], anons: set[str]) -> dict[str, list[str]]:
+def _personal_values(rows: pa.Table, personal: list[str]) -> dict[str, list[str]]:
     """The values the people's events gave the personal properties (in properties or traits)."""
     con = duckdb.connect()
     try:

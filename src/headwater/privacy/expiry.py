@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
+from headwater.lake.tables import carried_offsets
+
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +34,19 @@ def _files_of(table: Table, snapshots: list[Snapshot]) -> tuple[set[str], set[st
             for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
                 data.add(entry.data_file.file_path)
     return metadata, data
+
+
+def drop_deleted_entries(table: Table) -> bool:
+    """Commit an empty append when the current snapshot still lists removed files (a rewrite's manifest of
+    deleted entries keeps their column statistics, which in tables written before Headwater stopped writing id
+    bounds hold prefixes of ids): an append keeps only manifests with live files. Returns whether it did."""
+    table.refresh()
+    current = table.current_snapshot()
+    if current is None or not any((m.deleted_files_count or 0) > 0 for m in current.manifests(table.io)):
+        return False
+    with table.transaction() as tx, tx.update_snapshot(snapshot_properties=carried_offsets(table)).fast_append():
+        pass
+    return True
 
 
 def expire_all_but_current(table: Table) -> list[str]:

@@ -134,6 +134,16 @@ def validate_ids(doc: Any) -> tuple[list[str], list[str]]:
     return out[0], out[1]
 
 
+MAX_SUPPRESS_DAYS = 36_500
+
+
+def check_days(value: Any) -> float:
+    """A suppression period in days: a finite number from 0 to MAX_SUPPRESS_DAYS; ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_SUPPRESS_DAYS:
+        raise ValueError(f"suppress_days: expected a number of days from 0 to {MAX_SUPPRESS_DAYS}")
+    return float(value)
+
+
 class DeletionStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -173,7 +183,7 @@ class DeletionStore:
         under a worker not heard of for STALE_MS (killed); marked as held by `holder`."""
         now = _now()
         due = sa.or_(
-            DELETIONS.c.state == PENDING,
+            sa.and_(DELETIONS.c.state == PENDING, DELETIONS.c.due_ms <= now),
             sa.and_(DELETIONS.c.state == EXPIRING, DELETIONS.c.due_ms <= now),
             DELETIONS.c.state == RUNNING,
         )
@@ -226,8 +236,16 @@ class DeletionStore:
         )  # fmt: skip
         request.user_ids, request.anonymous_ids, request.ids_hashed = [], [], hashed
 
-    def fail(self, request: Deletion, error: str) -> None:
-        self.save(request, FAILED, error=error[:2000], holder="")
+    def fail(self, request: Deletion, error: str, salt: str) -> None:
+        """Failed for good: like a completed request it keeps only hashes of the ids (submit it again)."""
+        expanded = request.progress.pop("expand", {}).get("all", [])
+        every = sorted(set(request.user_ids) | set(request.anonymous_ids) | set(expanded))
+        hashed = sorted(hash_id(i, salt) for i in every)
+        self.save(
+            request, FAILED, error=error[:2000], holder="", user_ids="[]", anonymous_ids="[]",
+            ids_hashed=json.dumps(hashed),
+        )  # fmt: skip
+        request.user_ids, request.anonymous_ids, request.ids_hashed = [], [], hashed
 
 
 def _dead_here(holder: str) -> bool:

@@ -44,13 +44,16 @@ class PrivacyWorker:
             attempts = int(request.progress.get("attempts", 0)) + 1
             request.progress["attempts"] = attempts
             log.exception("deletion %s failed (attempt %d of %d)", request.id, attempts, MAX_ATTEMPTS)
+            error = f"{type(exc).__name__}: {exc}"
             if attempts >= MAX_ATTEMPTS:
-                self.store.fail(request, f"{type(exc).__name__}: {exc}")
                 if "seq" in request.progress:  # a failed request must not hold back later erasures
                     self.deleter.board.close(int(request.progress["seq"]))
+                self.store.fail(request, error, self.deleter.salt)
+                self.deleter.audit(request, "privacy.deletion_failed", {"error": error[:500]})
                 metrics.PRIVACY_DELETIONS.labels("failed").inc()
-            else:  # retried from the step it stood at
-                self.store.save(request, PENDING, error=f"{type(exc).__name__}: {exc}", holder="")
+            else:  # retried from the step it stood at, after a back-off (a database restart, a busy table)
+                retry_at = int((time.time() + min(300, 5 * 2**attempts)) * 1000)
+                self.store.save(request, PENDING, error=error, holder="", due_ms=retry_at)
         return request
 
     def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
