@@ -171,3 +171,14 @@ def read_stream(event_log: Any, stream: str | None, since: dict[int, int] | None
         return out
     finally:
         reader.close()
+
+
+def run_example(example: str, data_dir: Path, port: int, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`examples/<example>/run.sh --once` as a user runs it, with this Python's `headwater`; never raises."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    env.update(
+        DATA_DIR=str(data_dir), PORT=str(port), HEADWATER=str(Path(sys.executable).parent / "headwater"),
+        PYTHON=sys.executable, **variables,
+    )  # fmt: skip
+    script = str(ROOT / "examples" / example / "run.sh")
+    return subprocess.run([script, "--once"], env=env, capture_output=True, text=True, timeout=300, check=False)

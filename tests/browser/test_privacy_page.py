@@ -10,22 +10,14 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 
-from headwater.auth.users import UserStore
-from tests.browser.test_web import PASSWORD, shot, sign_in
-from tests.helpers import RunningHeadwater, child_env, make_keys, serving
+from tests.browser.conftest import admin_and_analyst_app
+from tests.browser.test_web import shot, sign_in
+from tests.helpers import RunningHeadwater
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
-    data_dir = tmp_path_factory.mktemp("web-privacy")
-    keys = make_keys(data_dir)
-    users = UserStore(data_dir / "users.db")
-    users.create("root", "admin", PASSWORD)
-    users.create("ana", "analyst", PASSWORD)
-    users.close()
-    env = child_env(data_dir, flush_interval_ms=200, privacy_expire_after_minutes=0)
-    with serving(RunningHeadwater(data_dir, env, keys=keys)) as running:
-        yield running
+    yield from admin_and_analyst_app(tmp_path_factory, "web-privacy", privacy_expire_after_minutes=0)
 
 
 def test_admin_deletes_a_person_from_the_privacy_page(app: RunningHeadwater, browser: Browser) -> None:

@@ -448,6 +448,10 @@ def keys_revoke(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None
     sys.stdout.write(f"revoked {name!r}\n")
 
 
+def _ask_password() -> str:
+    return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
+
+
 @users_app.command("create")
 def users_create(
     name: Annotated[str, typer.Argument(help="Sign-in name.")],
@@ -459,8 +463,7 @@ def users_create(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a web user (passwords are stored as argon2 hashes)."""
-    if password is None:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = password if password is not None else _ask_password()
     with account_store("users", config, data_dir) as store:
         user = store.create(name, role, password)
     record_cli(settings_from(config, data_dir=data_dir), "user.created", user.name, {"role": user.role})
@@ -502,8 +505,7 @@ def users_set_password(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Set a web user's password and end their sessions."""
-    if password is None:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = password if password is not None else _ask_password()
     with account_store("users", config, data_dir) as store:
         store.set_password(name, password)
     record_cli(settings_from(config, data_dir=data_dir), "user.password_changed", name)

@@ -47,7 +47,7 @@ from headwater.lake.rewrite import Rewriter, RewriteStats, live_files
 from headwater.lake.tables import NAMESPACE, SPECS, ensure_tables, open_catalog, upgrade_properties
 from headwater.log import EventLog, open_log
 from headwater.privacy.expiry import drop_deleted_entries, expire_all_but_current
-from headwater.privacy.requests import COMPLETED, EXPIRING, Deletion, DeletionStore
+from headwater.privacy.requests import EXPIRING, Deletion, DeletionStore
 from headwater.privacy.rules import (
     ANONYMOUS_ID_FIELD,
     PREVIOUS_ID_FIELD,
@@ -409,10 +409,3 @@ def _checkpoint(engine: sa.Engine) -> None:
         return
     with engine.connect() as conn:
         conn.execute(sa.text("PRAGMA wal_checkpoint(TRUNCATE)"))
-
-
-def request_hashes(ids: list[str], salt: str) -> list[str]:
-    return sorted(hash_id(i, salt) for i in ids)
-
-
-__all__ = ["COMPLETED", "Deleter", "request_hashes"]
