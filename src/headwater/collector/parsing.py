@@ -76,14 +76,15 @@ def _raw_text(raw: bytes, cap: int) -> str:
 class BatchParser:
     """Turns one request body into a ParsedBatch for one source (the key's name)."""
 
-    def __init__(self, limits: Limits, source: str, received_ms: int) -> None:
+    def __init__(self, limits: Limits, source: str, received_ms: int, client: dict[str, str] | None = None) -> None:
         self.limits = limits
         self.source = source
         self.received_ms = received_ms
+        self.client = client or {}  # "ip" (client address), "ua" (User-Agent of browser requests): enrichment inputs
         self.out = ParsedBatch()
 
     def _meta(self, endpoint: str, sent_at: Any = None, context: Any = None) -> bytes:
-        meta: dict[str, Any] = {"src": self.source, "ep": endpoint, "ra": self.received_ms}
+        meta: dict[str, Any] = {"src": self.source, "ep": endpoint, "ra": self.received_ms, **self.client}
         if sent_at is not None:
             meta["sa"] = sent_at
         if isinstance(context, dict) and context:

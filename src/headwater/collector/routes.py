@@ -26,8 +26,11 @@ from headwater.core.events import RAW_TRACK, SEGMENT_TYPES
 from headwater.log.base import Producer
 
 _WANTED_HEADERS = {
-    name.encode(): name for name in ("x-api-key", "authorization", "content-length", "content-encoding", "origin")
-}
+    name.encode(): name
+    for name in (
+        "x-api-key", "authorization", "content-length", "content-encoding", "origin", "user-agent", "x-forwarded-for",
+    )
+}  # fmt: skip
 INGEST_PATHS = {"/track": RAW_TRACK, "/v1/import": "batch", "/v1/batch": "batch"}
 INGEST_PATHS.update({f"/v1/{t}": t for t in SEGMENT_TYPES})
 
@@ -84,6 +87,11 @@ class Collector:
         self._bytes = 0
         self._append_seconds: list[float] = []
         self.suppressor: Suppressor | None = None  # ids of deleted people whose events are dropped
+        # applied to each parsed batch before it is appended (the tracking plan's personal data and consent rules);
+        # returns how many events it dropped on purpose
+        self.transform: Callable[[ParsedBatch, str], int] | None = None
+        self.trust_forwarded = False  # client address from X-Forwarded-For (behind the user's own proxy)
+        self.record_ip = True  # False when IPs are neither stored nor geolocated: the log never holds them
         self._suppressed: collections.Counter[str] = collections.Counter()
 
     def flush_metrics(self) -> None:
@@ -110,13 +118,17 @@ class Collector:
             metrics.EVENTS_SUPPRESSED.labels(source).inc(n)
 
     async def handle(
-        self, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]], endpoint: str
+        self,
+        headers: Mapping[str, str],
+        read: Callable[[int], Awaitable[bytes]],
+        endpoint: str,
+        peer: str | None = None,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Return (status, JSON payload, extra headers)."""
+        """Return (status, JSON payload, extra headers). `peer`: the connection's client address."""
         route = "/track" if endpoint == RAW_TRACK else f"/v1/{endpoint}"
         extra: dict[str, str] = {}
         try:
-            status, payload = await self._handle(headers, read, endpoint)
+            status, payload = await self._handle(headers, read, endpoint, peer)
         except (AuthError, CollectorError) as exc:
             status, payload = exc.status, {"success": False, "error": str(exc)}
         except BackPressureError as exc:
@@ -126,8 +138,21 @@ class Collector:
         self._requests[(route, status)] += 1
         return status, payload, extra
 
+    def _client(self, headers: Mapping[str, str], peer: str | None) -> dict[str, str]:
+        """Enrichment inputs of the request: the client address, and the User-Agent of browser requests (those
+        with an Origin; a server's library name says nothing about the person, and would cost every record)."""
+        client: dict[str, str] = {}
+        forwarded = headers.get("x-forwarded-for") if self.trust_forwarded else None
+        address = forwarded.split(",")[0].strip() if forwarded else peer
+        if address and self.record_ip:
+            client["ip"] = address
+        agent = headers.get("user-agent")
+        if agent and headers.get("origin") is not None:
+            client["ua"] = agent[:512]
+        return client
+
     async def _handle(
-        self, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]], endpoint: str
+        self, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]], endpoint: str, peer: str | None
     ) -> tuple[int, dict[str, Any]]:
         key = request_key(headers)
         source = None
@@ -144,9 +169,11 @@ class Collector:
         self._bytes += len(body)
         if source is None:
             source = self.keys.require(peek_write_key(body) if endpoint != RAW_TRACK else None, write=True).name
-        parser = BatchParser(self.limits, source, int(time.time() * 1000))
+        parser = BatchParser(self.limits, source, int(time.time() * 1000), self._client(headers, peer))
         parsed = parser.parse_track(body) if endpoint == RAW_TRACK else parser.parse_segment(body, endpoint)
         suppressed = self._suppress(parsed, source)
+        if self.transform is not None and parsed.records:
+            suppressed += self.transform(parsed, source)
         return await self._append(parsed, "track" if endpoint == RAW_TRACK else endpoint, suppressed)
 
     def _suppress(self, parsed: ParsedBatch, source: str) -> int:
@@ -231,7 +258,8 @@ class IngestApp:
                 if not message.get("more_body", False):
                     return b"".join(chunks)
 
-        status, payload, extra = await collector.handle(headers, read, endpoint)
+        client = scope.get("client")
+        status, payload, extra = await collector.handle(headers, read, endpoint, client[0] if client else None)
         body = orjson.dumps(payload)
         response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         origin = headers.get("origin")

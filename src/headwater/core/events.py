@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from headwater.core.stages import INPUT_COLUMNS
+
 SEGMENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 RAW_TRACK = "track-raw"  # endpoint tag of the lolscale `POST /track` format
 
@@ -231,7 +233,9 @@ class RowBuilder:
     Rows keep their insertion order: callers refer to rows by index (`event_count` before add()).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: bool = False) -> None:
+        self.inputs = inputs  # also collect the stage inputs (headwater.core.stages.INPUT_COLUMNS)
+        self._inputs: dict[str, list[Any]] = {name: [] for name in _INPUTS}
         self._rows = 0
         self._dense: tuple[list[Any], ...] = tuple([] for _ in _DENSE)
         self._sparse: dict[str, dict[int, Any]] = {name: {} for name in _SPARSE}
@@ -337,6 +341,13 @@ class RowBuilder:
             properties = None
         else:
             properties = _dumps({k: v for k, v in obj.items() if k not in RAW_MAPPED})
+        if "rp" in meta:  # replayed from quarantine: the id of its original log position
+            message_id = self._replayed_id(obj, meta, log_id)
+        if self.inputs:
+            page = get("url")
+            self._add_inputs(
+                meta, partition, offset, get("ip"), get("userAgent") or get("user_agent"), page, get("referrer")
+            )
         # everything that can fail is done: append (a row is added whole or not at all)
         self._event_id(message_id)
         self._event(event)
@@ -369,10 +380,22 @@ class RowBuilder:
         if extra:
             context = {**(context or {}), **extra}
         event = obj.get("event") if etype == "track" else obj.get("name")
-        event_id = message_id_of(obj) or self._event_id_for(log_id, partition, offset)
+        event_id = message_id_of(obj) or (
+            self._replayed_id(obj, meta, log_id) if "rp" in meta else self._event_id_for(log_id, partition, offset)
+        )
         user_id, anonymous_id = _ident(obj, "userId"), _ident(obj, "anonymousId")
         group_id, previous_id = _ident(obj, "groupId"), _ident(obj, "previousId")
         properties, context_text, traits = _dumps(obj.get("properties")), _dumps(context), _dumps(obj.get("traits"))
+        if self.inputs:
+            ctx = context if isinstance(context, dict) else {}
+            page = ctx.get("page")
+            page = page if isinstance(page, dict) else {}
+            props = obj.get("properties") if etype == "page" else None
+            props = props if isinstance(props, dict) else {}
+            self._add_inputs(
+                meta, partition, offset, ctx.get("ip"), ctx.get("userAgent"),
+                page.get("url") or props.get("url"), page.get("referrer") or props.get("referrer"),
+            )  # fmt: skip
         row = self._rows
         self._event_id(event_id)
         self._event(event if isinstance(event, str) else None)
@@ -393,6 +416,26 @@ class RowBuilder:
                 sparse[name][row] = value
         self._rows += 1
 
+    def _replayed_id(self, obj: dict[str, Any], meta: dict[str, Any], log_id: str) -> str:
+        """A replayed event keeps the id it would have had at its original log position (`rp`: "P:O")."""
+        message_id = message_id_of(obj)
+        if message_id:
+            return message_id
+        partition, _, offset = str(meta["rp"]).partition(":")
+        return event_id_for(log_id, int(partition), int(offset))
+
+    def _add_inputs(
+        self, meta: dict[str, Any], partition: int, offset: int, ip: Any, agent: Any, url: Any, referrer: Any
+    ) -> None:
+        inputs = self._inputs
+        inputs["_ip"].append(_text(ip) or meta.get("ip"))
+        inputs["_user_agent"].append(_text(agent) or meta.get("ua"))
+        inputs["_url"].append(_text(url))
+        inputs["_referrer"].append(_text(referrer))
+        inputs["_endpoint"].append(meta["ep"])
+        inputs["_log_partition"].append(partition)
+        inputs["_log_offset"].append(offset)
+
     def tables(self) -> tuple[pa.Table, pa.Table]:
         columns: dict[str, Any] = dict(zip(_DENSE, self._dense, strict=True))
         for name, values in self._sparse.items():
@@ -409,12 +452,21 @@ class RowBuilder:
             pa.array(q[f.name], type=pa.int64()).cast(TS) if f.type == TS else pa.array(q[f.name], f.type)
             for f in QUARANTINE_SCHEMA
         ]
+        events = pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)
+        if self.inputs:
+            for name, kind in _INPUTS.items():
+                events = events.append_column(pa.field(name, kind), pa.array(self._inputs[name], kind))
         return (
-            pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA),
+            events,
             pa.Table.from_arrays(quarantine, schema=QUARANTINE_SCHEMA),
         )
 
 
+def _text(value: Any) -> str | None:
+    return value if value.__class__ is str and value else None
+
+
+_INPUTS = INPUT_COLUMNS
 _DENSE = ("event_id", "event", "user_id", "anonymous_id", "timestamp", "received_at", "source", "properties")
 _SPARSE: dict[str, Any] = {
     "type": "track", "group_id": None, "previous_id": None, "sent_at": None, "context": None, "traits": None,

@@ -74,3 +74,7 @@ PRIVACY_ROWS_REMOVED = Counter("headwater_privacy_rows_removed", "Rows deletions
 EVENTS_SUPPRESSED = Counter(
     "headwater_events_suppressed", "Events dropped at the collector because they carry a deleted id", ["source"]
 )
+EVENTS_QUARANTINED_BY_STAGE = Counter(
+    "headwater_events_quarantined_by_plan",
+    "Valid events the lake writer's stages sent to quarantine (a tracking plan in quarantine mode)",
+)

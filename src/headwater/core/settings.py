@@ -225,6 +225,53 @@ class Settings(BaseSettings):
         "env: a JSON object.",
     )
 
+    # --- tracking plans, enrichment, identity
+    plan_refresh_s: float = Field(
+        5.0, gt=0, description="How often collectors and lake writers re-read the active tracking plans."
+    )
+    consent_field: str | None = Field(
+        None,
+        description="Dotted path of an object of consent categories -> true/false in each event (e.g. "
+        "'context.consent.categoryPreferences'); properties a plan tags with a category given false are dropped "
+        "at the collector.",
+    )
+    consent_required: str | None = Field(
+        None,
+        description="Consent category an event must not have set to false to be kept (e.g. 'analytics'); events "
+        "that opt out are dropped at the collector and counted (needs consent_field).",
+    )
+    enrich_user_agent: bool = Field(True, description="Browser, OS and device type from the user agent.")
+    enrich_geoip_database: Path | None = Field(
+        None,
+        description="MaxMind-format (.mmdb) database for country/region/city from the IP (none: the step is "
+        "skipped, and the writer's log says so).",
+    )
+    enrich_ip: Literal["keep", "anonymise", "drop"] = Field(
+        "anonymise",
+        description="How the client IP is stored (column `ip` and `context.ip`): whole, anonymised (last octet / "
+        "last 80 bits zeroed) or not at all. Geolocation uses the whole address before this applies.",
+    )
+    enrich_referrer: bool = Field(
+        True, description="Channel (search, social, email, paid, direct…), UTM fields and click ids from page URLs."
+    )
+    enrich_bots: bool = Field(True, description="Flag bots and crawlers (`is_bot`, `bot_reason`); never dropped.")
+    enrich_sessions: bool = Field(True, description="A `session_id` per person by inactivity timeout.")
+    session_timeout_minutes: float = Field(30.0, gt=0, le=1440, description="Inactivity that ends a session.")
+    enrich_functions: list[str] = Field(
+        default_factory=list,
+        description="User enrichments, each 'path/to/file.py:name' or 'package.module:name' naming a function "
+        "that takes and returns a pyarrow.Table of events (adding columns); env: a JSON list.",
+    )
+    identity_stitching: bool = Field(
+        True,
+        description="Link anonymous ids to user ids (identify, alias) into persons, and count persons rather "
+        "than raw ids in insights by default.",
+    )
+    collector_trust_forwarded: bool = Field(
+        False,
+        description="Take the client address from X-Forwarded-For (behind a proxy you run) rather than the connection.",
+    )
+
     # --- query
     query_timeout_s: float = Field(30.0, gt=0, description="Queries running longer than this are cancelled.")
     query_max_rows: int = Field(

@@ -248,10 +248,22 @@ def file_fields(file: DataFile) -> set[int]:
     return set(counts) | set(file.null_value_counts or {})
 
 
-def column_exprs(schema: Schema, present: Collection[int]) -> list[str]:
+@dataclass(frozen=True)
+class Added:
+    """A column stages added to `events` (`headwater.lake.columns`): read where a file has it, else NULL."""
+
+    name: str
+    field_id: int
+    sql_type: str
+
+
+def column_exprs(schema: Schema, present: Collection[int], added: Collection[Added] = ()) -> list[str]:
     """SELECT items for the shredded columns: read when the files hold them, else computed from
-    `properties` with the writer's definition (the same values, by construction)."""
+    `properties` with the writer's definition (the same values, by construction); then the added columns."""
     out = []
+    for column in added:
+        value = _ident(column.name) if column.field_id in present else "NULL"
+        out.append(f"CAST({value} AS {column.sql_type}) AS {_ident(column.name)}")
     by_name = {f.name: f for f in schema.columns}
     for s in shreds(schema).values():
         text = by_name[s.text]
@@ -267,9 +279,9 @@ def column_exprs(schema: Schema, present: Collection[int]) -> list[str]:
     return out
 
 
-def empty_exprs(schema: Schema) -> list[str]:
-    """SELECT items typing the shredded columns of a view with no files."""
-    out = []
+def empty_exprs(schema: Schema, added: Collection[Added] = ()) -> list[str]:
+    """SELECT items typing the shredded and added columns of a view with no files."""
+    out = [f"CAST(NULL AS {c.sql_type}) AS {_ident(c.name)}" for c in added]
     for s in shreds(schema).values():
         out.append(f"CAST(NULL AS VARCHAR) AS {_ident(s.text)}")
         if s.number:
@@ -277,22 +289,24 @@ def empty_exprs(schema: Schema) -> list[str]:
     return out
 
 
-def view_sql(schema: Schema, files: Iterable[tuple[str, DataFile]], base: list[str]) -> str:
+def view_sql(
+    schema: Schema, files: Iterable[tuple[str, DataFile]], base: list[str], added: Collection[Added] = ()
+) -> str:
     """The SELECT of a view over data files: `base` items (the fixed columns, over `properties` as
-    stored) plus the shredded columns, one UNION ALL branch per group of files holding the same ones."""
+    stored) plus the shredded and added columns, one UNION ALL branch per group of files holding the same ones."""
     wanted = set()
     for s in shreds(schema).values():
         wanted.add(s.text)
         if s.number:
             wanted.add(s.number)
-    ids = {f.field_id for f in schema.columns if f.name in wanted}
+    ids = {f.field_id for f in schema.columns if f.name in wanted} | {c.field_id for c in added}
     groups: dict[frozenset[int], list[str]] = {}
     for path, file in files:
         groups.setdefault(frozenset(file_fields(file) & ids), []).append(path)
     parts = []
     for present, paths in sorted(groups.items(), key=lambda g: sorted(g[0])):
         listed = ", ".join(_string(p) for p in paths)
-        items = ", ".join([*base, *column_exprs(schema, present)])
+        items = ", ".join([*base, *column_exprs(schema, present, added)])
         parts.append(f"SELECT {items} FROM read_parquet([{listed}], union_by_name = true, hive_partitioning = false)")
     return "\nUNION ALL ".join(parts)
 

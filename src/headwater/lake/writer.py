@@ -3,10 +3,12 @@
 Exactly-once across crashes, rebalances and concurrent writers:
 - Every snapshot records, in its summary, the next log offset of *every* partition (the offsets the
   table held, updated with this writer's partitions), so the newest snapshot is the whole truth.
-- Commit order: events table, quarantine table, then the group offsets. On start, after a failure
+- Commit order: quarantine table, events table, then the group offsets. On start, after a failure
   or after a rebalance, the writer drops what it buffered, seeks back to the group offsets and, per
   table, skips records below that table's recorded offsets: a crash between any two steps neither
-  loses nor duplicates a row.
+  loses nor duplicates a row. Valid events that a stage (a tracking plan) sends to quarantine are why
+  quarantine goes first: read again after a crash between the two commits, they pass the stages again
+  and only the ones quarantine does not hold yet are added to it.
 - Before each Iceberg commit the writer checks that the table still records, for each of its
   partitions, the offset it last saw. If another writer took a partition over (after a rebalance
   this one did not notice yet) the check fails, the buffer is dropped and the writer re-reads the
@@ -24,7 +26,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Collection
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
@@ -34,6 +38,8 @@ from headwater.core import metrics
 from headwater.core.errors import LakeError
 from headwater.core.events import RowBuilder, message_id_of
 from headwater.core.settings import Settings
+from headwater.core.stages import BatchStage, StageBatch, stored_columns
+from headwater.lake.columns import add_missing_columns, quarantine_rows
 from headwater.lake.coordination import ClaimStore, Lease, open_engine
 from headwater.lake.layout import file_writers
 from headwater.lake.maintenance import Maintenance
@@ -54,8 +60,12 @@ class PartitionTakenOver(LakeError):
 class LakeWriter:
     """Polls the log, buffers rows, commits by size or age, runs maintenance between flushes."""
 
-    def __init__(self, settings: Settings, consumer: Consumer, event_log: EventLog) -> None:
+    def __init__(
+        self, settings: Settings, consumer: Consumer, event_log: EventLog, stages: list[BatchStage] | None = None
+    ) -> None:
         self.settings = settings
+        self.stages = list(stages or [])  # run on every batch before it lands (headwater.core.stages)
+        self._values: list[bytes] = []  # with stages: the log record of each buffered event row
         self.consumer = consumer
         self.log_id = event_log.log_id
         self.offsets_key = event_log.offsets_key
@@ -75,7 +85,7 @@ class LakeWriter:
         self.commits = 0
         self.generation = -1
         self.broken = True
-        self._builder = RowBuilder()
+        self._builder = RowBuilder(inputs=bool(self.stages))
         self._claims: list[tuple[str, str, int, int]] = []
         self._claim_rows: list[int] = []
         self._buffer_started: float | None = None
@@ -108,8 +118,9 @@ class LakeWriter:
             log.exception("recovery failed (catalog, storage or log unavailable?); will retry")
 
     def _reset_buffer(self) -> None:
-        self._builder = RowBuilder()
+        self._builder = RowBuilder(inputs=bool(self.stages))
         self._claims, self._claim_rows = [], []
+        self._values = []
         self._buffer_started = None
 
     def add(self, records: list[Record]) -> None:
@@ -117,18 +128,26 @@ class LakeWriter:
         quarantine_from = self.table_offsets["quarantine"]
         builder = self._builder
         claims = self.claims is not None
+        values = self._values.append if self.stages else None
         for record in records:
             envelope = orjson.loads(record.value)
             floor = quarantine_from if "q" in envelope else events_from
             if record.offset < floor.get(record.partition, 0):
                 continue  # already in that table (crash after its commit)
-            if claims and "e" in envelope:
+            if (claims or values) and "e" in envelope:
                 row = builder.event_count
                 builder.add(envelope, self.log_id, record.partition, record.offset)
-                message_id = message_id_of(envelope["e"]) if isinstance(envelope["e"], dict) else None
-                if message_id and builder.event_count > row:
-                    self._claims.append((envelope["m"]["src"], message_id, record.partition, record.offset))
-                    self._claim_rows.append(row)
+                if builder.event_count == row:
+                    continue
+                if values is not None:
+                    values(record.value)
+                if claims:
+                    message_id = message_id_of(envelope["e"]) if isinstance(envelope["e"], dict) else None
+                    if not message_id and "rp" in envelope["m"]:  # a replay from quarantine lands once
+                        message_id = f"replay:{envelope['m']['rp']}"
+                    if message_id:
+                        self._claims.append((envelope["m"]["src"], message_id, record.partition, record.offset))
+                        self._claim_rows.append(row)
             else:
                 builder.add(envelope, self.log_id, record.partition, record.offset)
         if records and self._buffer_started is None:
@@ -141,25 +160,56 @@ class LakeWriter:
             return True
         return (time.monotonic() - self._buffer_started) * 1000 >= self.settings.flush_interval_ms
 
-    def _drop_duplicates(self, events: pa.Table) -> pa.Table:
-        if self.claims is None or not self._claims:
+    def _drop_duplicates(self, events: pa.Table, quarantined: Collection[int] = ()) -> pa.Table:
+        """`events` without the rows claimed before (Kafka), and without the rows stages quarantined (whose
+        messageIds are not claimed: a replay of them must land)."""
+        claims = [(c, row) for c, row in zip(self._claims, self._claim_rows, strict=True) if row not in quarantined]
+        repeated = self.claims.duplicates([c for c, _ in claims]) if self.claims is not None and claims else set()
+        if not repeated and not quarantined:
             return events
-        repeated = self.claims.duplicates(self._claims)
-        if not repeated:
-            return events
-        metrics.EVENTS_DUPLICATE.inc(len(repeated))
-        keep = [True] * events.num_rows
-        for index in repeated:
-            keep[self._claim_rows[index]] = False
+        if repeated:
+            metrics.EVENTS_DUPLICATE.inc(len(repeated))
+        keep = np.ones(events.num_rows, dtype=bool)
+        keep[[claims[index][1] for index in repeated]] = False
+        keep[list(quarantined)] = False
         return events.filter(pa.array(keep))
+
+    def _run_stages(self, events: pa.Table, quarantine: pa.Table) -> tuple[pa.Table, pa.Table, dict[int, str]]:
+        """Events through every stage; the rows they quarantined appended to `quarantine`."""
+        batch = StageBatch(events)
+        for stage in self.stages:
+            batch = stage.apply(batch)
+            if batch.events.num_rows != events.num_rows:
+                raise LakeError(f"stage {stage.name} changed the number of rows; rows leave only by quarantine")
+        floor = self.table_offsets["quarantine"]
+        if batch.quarantined and floor:  # read again after a crash between the two commits: some are there already
+            picked = batch.events.select(["_log_partition", "_log_offset"]).take(list(batch.quarantined))
+            where = zip(picked.column(0).to_pylist(), picked.column(1).to_pylist(), strict=True)
+            pending = {
+                row: batch.quarantined[row]
+                for row, (partition, offset) in zip(batch.quarantined, where, strict=True)
+                if offset >= floor.get(partition, 0)
+            }
+        else:
+            pending = batch.quarantined
+        if pending:
+            moved = quarantine_rows(batch.events, pending, self._values)
+            quarantine = pa.concat_tables([quarantine, moved.cast(quarantine.schema)])
+            metrics.EVENTS_QUARANTINED_BY_STAGE.inc(len(pending))
+        return stored_columns(batch.events), quarantine, batch.quarantined
 
     def flush(self) -> int:
         """Commit the buffer; return rows written. On failure, recover and re-raise."""
         positions = self.consumer.positions()
         events, quarantine = self._builder.tables()
         try:
-            events = self._drop_duplicates(events)
-            for name, table in (("events", events), ("quarantine", quarantine)):
+            quarantined: dict[int, str] = {}
+            if self.stages and events.num_rows:
+                events, quarantine, quarantined = self._run_stages(events, quarantine)
+            events = self._drop_duplicates(events, quarantined)
+            if events.num_rows:
+                add_missing_columns(self.tables["events"], events)
+            for name, table in (("quarantine", quarantine), ("events", events)):
                 if table.num_rows:
                     self._commit(name, table, positions)
             self.consumer.commit(positions)

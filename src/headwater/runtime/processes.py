@@ -163,12 +163,16 @@ def _start_worker(settings: Settings, component: str) -> threading.Event:
 
 def run_writer(settings: Settings) -> None:
     """Run the lake writer and table maintenance until SIGTERM/SIGINT, then drain and commit."""
+    from headwater.lake.coordination import open_engine
     from headwater.lake.writer import GROUP, LakeWriter
+    from headwater.runtime.stages import build_stages
 
     stop = _start_worker(settings, "writer")
     event_log = open_log(settings)
     consumer = event_log.consumer(GROUP)
-    writer = LakeWriter(settings, consumer, event_log)
+    writer = LakeWriter(
+        settings, consumer, event_log, build_stages(settings, open_engine(settings.effective_catalog_uri))
+    )
     tune_gc()
     log.info(
         "lake writer started on the %s log (flush %d events / %d ms)",
