@@ -28,9 +28,11 @@ from headwater.api.accounts import account_routes
 from headwater.api.audit import audit_routes
 from headwater.api.boards import board_routes
 from headwater.api.imports import import_routes
+from headwater.api.plans import plan_routes
 from headwater.api.principal import authenticate
 from headwater.api.privacy import privacy_routes
 from headwater.api.processors import ProcessorRegistry, processor_routes
+from headwater.api.quarantine import quarantine_routes
 from headwater.api.responses import error_response, json_response
 from headwater.api.sources import source_routes
 from headwater.auth.audit import AuditLog
@@ -47,6 +49,10 @@ from headwater.lake.writer import GROUP as LAKE_GROUP
 from headwater.live.tail import LiveTail
 from headwater.log import open_log
 from headwater.log.base import LogAdmin, Producer
+from headwater.plan.active import ActivePlans
+from headwater.plan.ingest import IngestTransform
+from headwater.plan.live import LiveViolations
+from headwater.plan.store import PlanStore
 from headwater.privacy.requests import DeletionStore
 from headwater.query.engine import QueryEngine
 from headwater.web.routes import web_routes
@@ -125,7 +131,14 @@ class Services:
         catalog_db = open_board(settings.effective_catalog_uri)
         self.suppressor = Suppressor(catalog_db, settings.privacy_salt)
         self.collector.suppressor = self.suppressor
+        self.collector.trust_forwarded = settings.collector_trust_forwarded
+        self.collector.record_ip = settings.enrich_ip != "drop" or settings.enrich_geoip_database is not None
         self.deletions = DeletionStore(catalog_db)
+        self.plans = PlanStore(catalog_db, self.audit)
+        active_plans = ActivePlans(self.plans.active_plans, settings.plan_refresh_s)
+        self.live_plans = LiveViolations(active_plans)
+        # personal data hashed/masked/dropped and consent applied before events reach the durable log
+        self.collector.transform = IngestTransform(active_plans, settings, self.suppressor.salt)
         self.started = time.time()
 
     def check_pressure(self) -> None:
@@ -292,7 +305,7 @@ def build_app(settings: Settings) -> IngestApp:
             args = live_args(request)
             if limit is not None:
                 args["limit"] = limit
-            page: dict[str, Any] = await run_in_threadpool(svc().live.read, cursor, **args)
+            page: dict[str, Any] = await run_in_threadpool(read_live, svc(), cursor, args)
         except ValueError as exc:
             return error_response(str(exc), 400)
         except LogError as exc:
@@ -318,7 +331,7 @@ def build_app(settings: Settings) -> IngestApp:
             yield b"retry: 500\n\n"
             while time.monotonic() < deadline and not await request.is_disconnected():
                 try:
-                    page = await run_in_threadpool(s.live.read, position, **args)
+                    page = await run_in_threadpool(read_live, s, position, args)
                 except LogError:  # the log is away for a moment: keep the stream, try again
                     await asyncio.sleep(1.0)
                     continue
@@ -352,10 +365,19 @@ def build_app(settings: Settings) -> IngestApp:
     routes += account_routes(svc) + audit_routes(svc) + board_routes(svc) + processor_routes(svc) + source_routes(svc)
     routes += import_routes(svc)
     routes += privacy_routes(svc)
+    routes += plan_routes(svc)
+    routes += quarantine_routes(svc)
     routes += web_routes()
     starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
     ingest = IngestApp(starlette, origins)
     return ingest
+
+
+def read_live(s: Services, cursor: str | None, args: dict[str, Any]) -> dict[str, Any]:
+    """A page of the live tail, each event with what its source's tracking plan finds in it."""
+    page: dict[str, Any] = s.live.read(cursor, **args)
+    s.live_plans.annotate(page["events"])
+    return page
 
 
 async def _method_not_allowed(request: Request) -> Response:

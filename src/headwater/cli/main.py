@@ -587,11 +587,13 @@ def source_settings_markdown() -> str:
 
 
 def _register_commands() -> None:
-    from headwater.cli import audit, privacy, sources
+    from headwater.cli import audit, plan, privacy, quarantine, sources
 
     sources.register(app)
     audit.register(app)
     privacy.register(app)
+    plan.register(app)
+    quarantine.register(app)
 
 
 _register_commands()

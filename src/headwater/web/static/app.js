@@ -1,5 +1,6 @@
 // Headwater web app: a small single-page app over the JSON API (no build step).
 import { auditPage } from "./audit.js";
+import { planPage } from "./plan.js";
 import { privacyPage } from "./privacy.js";
 import { processorsPage, streamLive } from "./processors.js";
 import { sourcesPage } from "./sources.js";
@@ -90,6 +91,10 @@ function renderResult(container, kind, result) {
       result.variants.map((v) => [v.variant + (v.control ? " (control)" : ""), v.exposed, v.converted, (100 * v.rate).toFixed(2) + "%",
         `${(100 * v.ci_low).toFixed(1)}–${(100 * v.ci_high).toFixed(1)}%`, v.p_value?.toFixed(4) ?? "", v.significant ?? ""])));
   } else if (result.columns) {
+    if (result.identities) {  // a user's timeline: the person and every id stitched into it
+      container.append(h("h3", {}, "Person " + result.person),
+        table(["id", "linked at", "reason"], result.identities.map((i) => [i.id, i.linked_at, i.reason])));
+    }
     container.append(table(result.columns, result.rows));
   } else {
     container.append(h("pre", {}, JSON.stringify(result, null, 2)));
@@ -123,7 +128,17 @@ function live() {
     body.replaceChildren(...rows.filter((r) => !f || r.event === f || r.user_id === f || r.anonymous_id === f).slice(0, 200).map((r) =>
       h("tr", { class: r.rejected ? "rejected" : "" }, h("td", {}, (r.received_at || "").replace("T", " ").slice(0, 19)),
         h("td", {}, r.event ?? "—"), h("td", {}, r.user_id ?? r.anonymous_id ?? ""), h("td", {}, r.source),
-        h("td", {}, r.rejected ? "rejected: " + r.rejected : JSON.stringify(r.properties ?? {})))));
+        h("td", {}, r.rejected ? "rejected: " + r.rejected : JSON.stringify(r.properties ?? {})), planCell(r))));
+  };
+  // what the source's tracking plan finds in the event (before the lake writer enforces it)
+  const planCell = (r) => {
+    if (!r.plan_version) return h("td", { class: "plan" }, "");
+    const found = r.violations || [];
+    const bad = found.filter((v) => v.rule !== "undeclared");
+    const head = bad.length ? `${bad.length} violation${bad.length > 1 ? "s" : ""} (${r.plan_mode})` : "✓";
+    return h("td", { class: "plan", title: r.plan_version }, h("div", { class: bad.length ? "rejected" : "" }, head),
+      found.map((v) => v.rule === "undeclared" ? h("div", { class: "muted violation" }, `${v.path}: not in the plan`)
+        : h("div", { class: "rejected violation" }, `${v.path}: ${v.rule}: expected ${v.expected}, got ${v.got}`)));
   };
   const poll = async () => {
     try {
@@ -137,7 +152,7 @@ function live() {
   };
   filter.addEventListener("input", draw);
   view.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Live events"), h("label", {}, "Filter", filter),
-    h("table", { id: "live" }, h("thead", {}, h("tr", {}, ["received", "event", "user", "source", "properties"].map((c) => h("th", {}, c)))), body)));
+    h("table", { id: "live" }, h("thead", {}, h("tr", {}, ["received", "event", "user", "source", "properties", "plan"].map((c) => h("th", {}, c)))), body)));
   poll();
   timers.push(setInterval(poll, 1000));
 }
@@ -440,6 +455,7 @@ async function route() {
     else if (page === "sources") await sourcesPage(helpers);
     else if (page === "audit") await auditPage(helpers);
     else if (page === "privacy") await privacyPage(helpers);
+    else if (page === "plan") await planPage(helpers);
     else if (page === "live" && arg) streamLive(helpers, decodeURIComponent(arg));
     else live();
   } catch (err) { view.replaceChildren(h("div", { class: "card error" }, err.message)); }
