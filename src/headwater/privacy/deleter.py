@@ -3,7 +3,8 @@ killed at any point (kill -9 included) resumes the request where it stood.
 
 Steps, in this order because each closes a door the next relies on:
 1. `expand`: the people's other ids, link by link: anonymous ids their identify events carry, ids their aliases
-   link; their person keys; and, with `privacy_personal_properties`, the values those properties had.
+   link; their person keys; and, with `privacy_personal_properties` (and the properties active tracking plans
+   declare `x-personal`), the values those properties had.
 2. `suppress`: (optional) events carrying the ids are dropped at the collector from now on.
 3. `log`: the embedded log's records holding an id become ERASED (retained and not yet consumed alike).
 4. `consumers`: wait until the lake writer has committed past the log's end at step 3 (what it had read
@@ -13,7 +14,8 @@ Steps, in this order because each closes a door the next relies on:
 Then the request waits `privacy_expire_after_minutes` (queries still reading older snapshots finish), and:
 7. `verify`: step 6 again, for rows that raced in while it ran (e.g. a source landing a batch read earlier);
    files are chosen by the person keys found in step 1, so rows written since with those keys are found.
-8. `persons`: the ids' rows of person keys are renamed to salted hashes (the keys stay reserved).
+8. `persons`: the ids' rows of person keys are renamed to salted hashes (the keys stay reserved); their identity
+   links and merges (`headwater.lake.identity`) and session state (`headwater.enrich.sessions`) are deleted.
 9. `expire`: every snapshot but the current one is expired and the files only they referenced (the old data
    files, manifests) are deleted; the catalog database's write-ahead log is checkpointed.
 Completed: the request keeps only salted hashes of the ids; an audit row records it.
@@ -42,6 +44,8 @@ from pyiceberg.table import Table
 from headwater.core import metrics
 from headwater.core.erasure import Erasure, ErasureBoard, ErasureSet, Suppressor, deployment_salt, hash_id
 from headwater.core.settings import Settings
+from headwater.enrich.sessions import forget_sessions
+from headwater.lake.identity import IdentityMap
 from headwater.lake.layout import FileWriter, file_writers
 from headwater.lake.rewrite import Rewriter, RewriteStats, live_files
 from headwater.lake.tables import NAMESPACE, SPECS, ensure_tables, open_catalog, upgrade_properties
@@ -153,7 +157,9 @@ class Deleter:
         an earlier deletion of the same ids renamed (a writer may still have written with them); and the
         values of personal properties on their events."""
         users, anons = set(request.user_ids), set(request.anonymous_ids)
-        personal = self.settings.privacy_personal_properties
+        from headwater.plan.ingest import active_personal_properties  # the plans' x-personal properties
+
+        personal = sorted({*self.settings.privacy_personal_properties, *active_personal_properties(self.engine)})
         table = self.catalog.load_table(f"{NAMESPACE}.events")
         persons, rollups = self.files["events"].persons, self.files["events"].rollups
         assert persons is not None and rollups is not None
@@ -349,9 +355,14 @@ class Deleter:
         return [*SPECS, *sorted(n for n in names if n not in SPECS)]
 
     def _persons(self, request: Deletion) -> dict[str, Any]:
+        """Person keys renamed to salted hashes; the ids' identity links, merges and session state deleted."""
         persons = self.files["events"].persons
         assert persons is not None
-        return {"removed": persons.forget({i: self._erased_name(i) for i in request.progress["expand"]["all"]})}
+        ids = request.progress["expand"]["all"]
+        removed = persons.forget({i: self._erased_name(i) for i in ids})
+        IdentityMap(self.engine).forget(ids)
+        sessions = forget_sessions(self.engine, ids)
+        return {"removed": removed, "sessions": sessions}
 
     def _expire(self, request: Deletion) -> dict[str, Any]:
         deleted = 0
