@@ -94,8 +94,14 @@ class InsightEngine:
             self._shreds = (events_version, found)
         return found
 
+    def counted(self, query: Any) -> Any:
+        """The query with `count_by` set: its own, else persons when identity stitching is on, else ids."""
+        if query.count_by is not None:
+            return query
+        return query.model_copy(update={"count_by": "persons" if self.query.settings.identity_stitching else "ids"})
+
     def run(self, spec: dict[str, Any] | Any) -> dict[str, Any]:
-        query = parse(spec) if isinstance(spec, dict) else spec
+        query = self.counted(parse(spec) if isinstance(spec, dict) else spec)
         version = self.query.data_version()
         sql = compile_query(query, self.shreds(version))
         key = (sql, version)
@@ -107,6 +113,8 @@ class InsightEngine:
         started = time.perf_counter()
         columns, rows, truncated, answered_by = self._rows(query, sql)
         shaped = shape(query, columns, rows)
+        if isinstance(query, TimelineQuery) and query.count_by == "persons":
+            shaped.update(self._identities(query))
         answer = {
             "kind": query.kind,
             "sql": sql,
@@ -125,13 +133,21 @@ class InsightEngine:
     def _rows(self, query: Any, sql: str) -> tuple[list[str], list[list[Any]], bool, str]:
         """(columns, rows, truncated, answered_by): from rollups when they hold the answer, else the SQL."""
         events = from_rollups.events_of(query)
-        days = self.query.day_buckets(events) if events is not None else None
+        persons = query.count_by == "persons" and from_rollups.counts_people(query)
+        days = self.query.day_buckets(events, persons=persons) if events is not None else None
         if days is not None and isinstance(query, TrendQuery):
             return from_rollups.TREND_COLUMNS, from_rollups.trend_rows(query, days), False, "rollup"
         if days is not None and isinstance(query, RetentionQuery):
             return from_rollups.RETENTION_COLUMNS, from_rollups.retention_rows(query, days), False, "rollup"
         result = self.query.execute(sql, max_rows=MAX_ROWS)
         return result.columns, result.rows, result.truncated, result.answered_by
+
+    def _identities(self, query: TimelineQuery) -> dict[str, Any]:
+        """The timeline's person and its ids, as they were linked."""
+        found = self.query.execute(compile_sql.identities_sql(query), max_rows=MAX_ROWS)
+        ids = [dict(zip(found.columns, row, strict=True)) for row in found.rows]
+        person = ids[0]["person_id"] if ids else query.person
+        return {"person": person, "identities": [{k: i[k] for k in ("id", "linked_at", "reason")} for i in ids]}
 
 
 def buckets(start: datetime, end: datetime, interval: str) -> list[datetime]:

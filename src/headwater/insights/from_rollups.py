@@ -2,8 +2,9 @@
 
 Eligible when the insight has no property filters or breakdowns and its dates fall on day boundaries (UTC);
 then everything the SQL computes is a function of the rows and the exact set of people per (day, event),
-which rollups hold (`headwater.lake.rollups`). People are `coalesce(user_id, anonymous_id)`, as in the SQL.
-Anything else runs the SQL.
+which rollups hold (`headwater.lake.rollups`). People are `coalesce(user_id, anonymous_id)` (`count_by: ids`), or
+persons when the engine has mapped those keys through the identities (`QueryEngine.day_buckets(persons=True)`),
+as `person_id` in the SQL. Anything else runs the SQL.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def events_of(query: Any) -> set[str] | None:
             return None
         return {query.start_event, query.return_event}
     return None
+
+
+def counts_people(query: Any) -> bool:
+    """Whether the answer depends on who the people are (not only on row counts)."""
+    if isinstance(query, TrendQuery):
+        return any(s.measure == "users" for s in query.series)
+    return True
 
 
 def trend_rows(query: TrendQuery, days: Days) -> list[list[Any]]:

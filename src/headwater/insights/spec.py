@@ -8,12 +8,27 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 PROPERTY_NAME = r"^[A-Za-z0-9_$][A-Za-z0-9_$ .:-]{0,127}$"
-COLUMNS = ("event", "type", "user_id", "anonymous_id", "source", "group_id")
+COLUMNS = (
+    "event", "type", "user_id", "anonymous_id", "source", "group_id",
+    # added by the writer's stages (headwater.plan, headwater.enrich): NULL in events written before
+    "plan_version", "session_id", "browser", "browser_version", "os", "os_version", "device_type", "country",
+    "region", "city", "ip", "channel", "referrer_domain", "utm_source", "utm_medium", "utm_campaign", "utm_term",
+    "utm_content", "click_id", "is_bot", "bot_reason",
+)  # fmt: skip
 Interval = Literal["hour", "day", "week", "month"]
+CountBy = Literal["persons", "ids"]
 
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Insight(Spec):
+    """Every insight counts people as `count_by` says: `persons` (ids linked by identity stitching count once:
+    the SQL column `person_id`) or `ids` (each `coalesce(user_id, anonymous_id)` on its own). Unset: persons
+    when the `identity_stitching` setting is on, else ids."""
+
+    count_by: CountBy | None = None
 
 
 class Filter(Spec):
@@ -32,7 +47,7 @@ class Filter(Spec):
         return self
 
 
-class DateRange(Spec):
+class DateRange(Insight):
     date_from: datetime
     date_to: datetime
 
@@ -129,13 +144,13 @@ class ExperimentQuery(DateRange):
     confidence: float = Field(0.95, gt=0.5, lt=1)
 
 
-class TimelineQuery(Spec):
+class TimelineQuery(Insight):
     kind: Literal["timeline"] = "timeline"
     person: str = Field(min_length=1)
     limit: int = Field(200, ge=1, le=5000)
 
 
-class CatalogQuery(Spec):
+class CatalogQuery(Insight):
     kind: Literal["catalog"] = "catalog"
 
 

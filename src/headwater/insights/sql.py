@@ -15,6 +15,7 @@ from headwater.insights.spec import (
     ExperimentQuery,
     Filter,
     FunnelQuery,
+    Insight,
     JourneyQuery,
     RetentionQuery,
     TimelineQuery,
@@ -25,8 +26,17 @@ from headwater.lake.shredding import Shred
 Shreds = Mapping[str, Shred]
 """The events table's shredded properties by name (lake/shredding.py); empty: every property is read from JSON."""
 NO_SHREDS: Shreds = {}
-PERSON = "coalesce(user_id, anonymous_id)"
+PERSON = "coalesce(user_id, anonymous_id)"  # an id: what `count_by: ids` counts
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+def actor(q: Insight, table: str = "") -> str:
+    """Who an insight counts: `person_id` (a person, through identity stitching: the engine then reads `events`
+    with that column) with `count_by: persons`, else the raw id. `table`: a qualifier (`e`)."""
+    prefix = f"{table}." if table else ""
+    if q.count_by == "persons":
+        return f"{prefix}person_id"
+    return f"coalesce({prefix}user_id, {prefix}anonymous_id)"
 
 
 def lit(value: object) -> str:
@@ -120,7 +130,7 @@ def trend_sql(q: TrendQuery, shred: Shreds = NO_SHREDS) -> str:
             parts.append(
                 f"SELECT {index} AS series, '{period}' AS period, "
                 f"date_trunc('{q.interval}', timestamp + INTERVAL {shift} SECOND) AS bucket, "
-                f"{breakdown} AS breakdown, {PERSON} AS person, {value} AS v FROM events WHERE {cond}"
+                f"{breakdown} AS breakdown, {actor(q)} AS person, {value} AS v FROM events WHERE {cond}"
             )
     measures = []
     for index, series in enumerate(q.series):
@@ -160,7 +170,7 @@ def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
         f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)} + {window}", filters_sql(q.filters, shred)
     )
     ctes = [
-        f"e AS (SELECT * FROM (SELECT {PERSON} AS person, timestamp AS ts, event_id, {breakdown} AS breakdown, "
+        f"e AS (SELECT * FROM (SELECT {actor(q)} AS person, timestamp AS ts, event_id, {breakdown} AS breakdown, "
         f"{', '.join(flags)} FROM events WHERE {events_cond})"
         + ("" if q.order == "strict" else f" WHERE {relevant}")
         + ")"
@@ -227,13 +237,13 @@ def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
 def retention_sql(q: RetentionQuery, shred: Shreds = NO_SHREDS) -> str:
     period = q.period
     return (
-        f"WITH firsts AS (SELECT {PERSON} AS person, min(timestamp) AS first_ts FROM events "
+        f"WITH firsts AS (SELECT {actor(q)} AS person, min(timestamp) AS first_ts FROM events "
         f"WHERE {where(f'event = {lit(q.start_event)}', filters_sql(q.filters, shred))} GROUP BY person),\n"
         f"cohort AS (SELECT person, date_trunc('{period}', first_ts) AS cohort FROM firsts "
         f"WHERE first_ts >= {ts(q.date_from)} AND first_ts < {ts(q.date_to)}),\n"
         f"returns AS (SELECT DISTINCT c.person, c.cohort, "
         f"date_diff('{period}', c.cohort, date_trunc('{period}', e.timestamp)) AS n "
-        "FROM cohort c JOIN events e ON coalesce(e.user_id, e.anonymous_id) = c.person "
+        f"FROM cohort c JOIN events e ON {actor(q, 'e')} = c.person "
         f"WHERE e.event = {lit(q.return_event)} AND e.timestamp >= c.cohort + INTERVAL 1 {period}),\n"
         f"sizes AS (SELECT cohort, count(*) AS size FROM cohort GROUP BY cohort)\n"
         f"SELECT s.cohort, s.size, r.n AS period, count(r.person) AS returned FROM sizes s "
@@ -250,8 +260,8 @@ def journey_sql(q: JourneyQuery, shred: Shreds = NO_SHREDS) -> str:
     else:
         span, order = f"s.rn BETWEEN a.rn0 - {q.depth} AND a.rn0", "ASC"
     return (
-        f"WITH seq AS (SELECT {PERSON} AS person, event, "
-        f"row_number() OVER (PARTITION BY {PERSON} ORDER BY timestamp, event_id) AS rn FROM events WHERE {window}),\n"
+        f"WITH seq AS (SELECT {actor(q)} AS person, event, "
+        f"row_number() OVER (PARTITION BY {actor(q)} ORDER BY timestamp, event_id) AS rn FROM events WHERE {window}),\n"
         f"anchor AS (SELECT person, min(rn) AS rn0 FROM seq WHERE event = {lit(q.event)} GROUP BY person),\n"
         f"path AS (SELECT s.person, s.rn - a.rn0 AS step, s.event FROM seq s JOIN anchor a USING (person) "
         f"WHERE {span}),\n"
@@ -276,31 +286,52 @@ def experiment_sql(q: ExperimentQuery, shred: Shreds = NO_SHREDS) -> str:
     )
     return (
         f"WITH exposures AS (SELECT person, arg_min(variant, (ts, event_id)) AS variant, min(ts) AS exposed_at "
-        f"FROM (SELECT {PERSON} AS person, {variant} AS variant, timestamp AS ts, event_id FROM events "
+        f"FROM (SELECT {actor(q)} AS person, {variant} AS variant, timestamp AS ts, event_id FROM events "
         f"WHERE {exposed}) GROUP BY person),\n"
         f"converted AS (SELECT x.person FROM exposures x WHERE EXISTS (SELECT 1 FROM events e "
-        f"WHERE coalesce(e.user_id, e.anonymous_id) = x.person AND e.event = {lit(q.goal_event)} "
+        f"WHERE {actor(q, 'e')} = x.person AND e.event = {lit(q.goal_event)} "
         f"AND e.timestamp >= x.exposed_at AND e.timestamp <= x.exposed_at + INTERVAL {q.window_seconds} SECOND))\n"
         f"SELECT x.variant, count(*) AS exposed, count(c.person) AS converted "
         f"FROM exposures x LEFT JOIN converted c USING (person) GROUP BY x.variant ORDER BY x.variant"
     )
 
 
+def _person_of(who: str) -> str:
+    """The person of an id (itself when it was never linked), from the `persons` view."""
+    return f"(SELECT coalesce(max(person_id), {who}) FROM persons WHERE id = {who})"
+
+
 def timeline_sql(q: TimelineQuery, shred: Shreds = NO_SHREDS) -> str:
+    """An id's events, newest first; with `count_by: persons`, its person's (every id linked to it, on every
+    device): the rows whose `coalesce(user_id, anonymous_id)` is one of the person's ids are exactly the rows
+    whose `person_id` is the person, without joining every event to the identities."""
     del shred
     who = lit(q.person)
+    columns = "timestamp, type, event, user_id, anonymous_id, properties, context, traits, source, event_id"
+    if q.count_by != "persons":
+        condition = f"user_id = {who} OR anonymous_id = {who}"
+    else:
+        person = _person_of(who)
+        condition = (
+            f"coalesce(user_id, anonymous_id) IN (SELECT id FROM persons WHERE person_id = {person} "
+            f"UNION ALL SELECT {person})"
+        )
+    return f"SELECT {columns} FROM events WHERE {condition} ORDER BY timestamp DESC, event_id DESC LIMIT {q.limit}"
+
+
+def identities_sql(q: TimelineQuery) -> str:
+    """The ids of the timeline's person, in the order they were linked (none when the id was never linked)."""
     return (
-        f"SELECT timestamp, type, event, user_id, anonymous_id, properties, context, traits, source, event_id "
-        f"FROM events WHERE user_id = {who} OR anonymous_id = {who} "
-        f"ORDER BY timestamp DESC, event_id DESC LIMIT {q.limit}"
+        f"SELECT id, person_id, linked_at, reason FROM persons WHERE person_id = {_person_of(lit(q.person))} "
+        "ORDER BY linked_at, id"
     )
 
 
 def catalog_sql(q: CatalogQuery, shred: Shreds = NO_SHREDS) -> str:
-    del q, shred
+    del shred
     return (
         "SELECT 'event' AS kind, event, NULL AS property, NULL AS type, count(*) AS events, "
-        f"count(DISTINCT {PERSON}) AS users, min(timestamp) AS first_seen, max(timestamp) AS last_seen "
+        f"count(DISTINCT {actor(q)}) AS users, min(timestamp) AS first_seen, max(timestamp) AS last_seen "
         "FROM events GROUP BY event\n"
         "UNION ALL SELECT 'property', event, key, json_type(json_extract(properties, '$.\"' || key || '\"')), "
         "count(*), NULL, min(timestamp), max(timestamp) FROM "

@@ -3,7 +3,9 @@
 File lists come from pyiceberg's scan planning (cached per table metadata version) and are
 exposed as views `events` and `quarantine`, and one view per other table of the `headwater`
 namespace (processor outputs such as `processor_late`), reading its files by column name since
-their schema grows as new fields appear. The database then has external access disabled
+their schema grows as new fields appear. Small tables of the catalog's database (identities, person merges,
+plan violations) are copied in and exposed as views, and a query that names `person_id` sees `events` with that
+column (`headwater.query.catalog_views`). The database then has external access disabled
 except for the warehouse directory, its configuration locked, and every statement is checked to
 be a single SELECT before it runs; a timer interrupts queries past the time limit.
 """
@@ -22,6 +24,7 @@ import duckdb
 import sqlalchemy as sa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 
 from headwater.core import metrics
@@ -29,7 +32,7 @@ from headwater.core.errors import QueryError
 from headwater.core.settings import Settings
 from headwater.lake.coordination import open_engine
 from headwater.lake.rollups import RollupStore
-from headwater.lake.shredding import empty_exprs, shreds, view_sql
+from headwater.lake.shredding import Added, empty_exprs, shreds, view_sql
 from headwater.lake.tables import (
     JSON_COLUMNS,
     NAMESPACE,
@@ -39,7 +42,8 @@ from headwater.lake.tables import (
     open_catalog,
     warehouse_uri,
 )
-from headwater.query.fast_path import Bucket, FastPath
+from headwater.query.catalog_views import PERSON_SCHEMA, CatalogViews
+from headwater.query.fast_path import LRU, Bucket, FastPath, remap_persons
 from headwater.query.shapes import Unsupported
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,18 @@ class QueryResult:
         }
 
 
+def added_columns(fixed: Schema, current: Schema) -> list[Added]:
+    """The columns stages added to `events` (not fixed, not shredded), with the SQL type the view gives them."""
+    known = {f.name for f in fixed.columns}
+    for shred in shreds(current).values():
+        known.update(n for n in (shred.text, shred.number) if n)
+    return [
+        Added(f.name, f.field_id, OUTPUT_TYPES.get(str(f.field_type), "VARCHAR"))
+        for f in current.columns
+        if f.name not in known and f.field_type.is_primitive
+    ]
+
+
 def _local_path(uri: str) -> str:
     parsed = urlparse(uri)
     return parsed.path if parsed.scheme in ("", "file") else uri
@@ -107,8 +123,12 @@ class QueryEngine:
         self._seen: dict[str, str] | None = None  # metadata locations at the last refresh
         self._store = open_engine(settings.effective_catalog_uri) if settings.query_fast_path else None
         self.fast = FastPath(RollupStore(self._store, settings.rollup_cache_mb << 20)) if self._store else None
+        self._side_db = self._store or open_engine(settings.effective_catalog_uri)
+        self.catalog_views = CatalogViews(self._db, self._side_db)  # side tables of the catalog's database
+        self._stitched: LRU[tuple[Any, ...], dict[tuple[int, object], Bucket]] = LRU(16)  # day_buckets(persons)
         self._lock = threading.Lock()
         self.refresh()
+        self.catalog_views.person_view()
 
     def _load(self, name: str) -> Table | None:
         try:
@@ -193,10 +213,20 @@ class QueryEngine:
             ) from exc
 
     def data_version(self) -> tuple[str, ...]:
-        """The table versions queries currently see (refreshed first): a cache key for results."""
+        """The table versions queries currently see (refreshed first), and the identities': a cache key for
+        results."""
         self.refresh()
+        identities = self._side_call(self.catalog_views.identity_version)
         with self._lock:
-            return tuple(self._views.get(name, "") for name in SPECS)
+            return (*(self._views.get(name, "") for name in SPECS), identities)
+
+    def _side_call(self, call: Any, *args: Any) -> Any:
+        """A call that reads the catalog's database; its absence is a 503 as for the tables."""
+        try:
+            return call(*args)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("cannot read the catalog's side tables: %s", exc)
+            raise QueryError(f"the catalog database is unavailable, retry shortly: {_clean(exc)[:300]}", 503) from exc
 
     def _view_sql(self, name: str, table: Table, tasks: list[FileScanTask]) -> str:
         """The view of `events` / `quarantine`: the fixed columns, typed, plus the shredded property
@@ -210,18 +240,19 @@ class QueryEngine:
             if column.name in json_columns:
                 expr = f'CAST("{column.name}" AS JSON)'
             columns.append(f'{expr} AS "{column.name}"')
-        shredded = name == "events" and bool(shreds(table.schema()))
+        added = added_columns(schema, table.schema()) if name == "events" else []
+        shredded = name == "events" and (bool(shreds(table.schema())) or bool(added))
         if not tasks:
             empty = [
                 f'CAST(NULL AS {"JSON" if c.name in json_columns else DUCK_TYPES[str(c.field_type)]}) AS "{c.name}"'
                 for c in schema.columns
             ]
             if shredded:
-                empty += empty_exprs(table.schema())
+                empty += empty_exprs(table.schema(), added)
             return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(empty)} WHERE false'
         if shredded:
             files = [(_local_path(t.file.file_path), t.file) for t in tasks]
-            return f'CREATE OR REPLACE VIEW "{name}" AS {view_sql(table.schema(), files, columns)}'
+            return f'CREATE OR REPLACE VIEW "{name}" AS {view_sql(table.schema(), files, columns, added)}'
         listed = ", ".join(_quote(_local_path(t.file.file_path)) for t in tasks)
         return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(columns)} FROM read_parquet([{listed}])'
 
@@ -245,7 +276,9 @@ class QueryEngine:
             self.check(sql)
             self._refresh_or_refuse()
             limit = max_rows or self.settings.query_max_rows
-            result = self._fast(sql, limit) or self._run(sql, limit, timeout_s or self.settings.query_timeout_s)
+            persons = bool(self._side_call(self.catalog_views.prepare, sql))
+            timeout = timeout_s or self.settings.query_timeout_s
+            result = (None if persons else self._fast(sql, limit)) or self._run(sql, limit, timeout, persons)
         except QueryError as exc:
             metrics.QUERY_ERRORS.labels("refused" if exc.status == 403 else "invalid").inc()
             raise
@@ -278,20 +311,33 @@ class QueryEngine:
         return QueryResult(answer.columns, rows, len(answer.rows) > max_rows, types=answer.types,
                            answered_by=answer.answered_by)  # fmt: skip
 
-    def day_buckets(self, events: set[str]) -> dict[tuple[int, object], Bucket] | None:
+    def day_buckets(self, events: set[str], persons: bool = False) -> dict[tuple[int, object], Bucket] | None:
         """Rows and people per (day, event) for `events` over the whole `events` table, from rollups (as
-        of the version queries see now); None when rollups cannot answer (the caller scans raw data)."""
+        of the version queries see now); None when rollups cannot answer (the caller scans raw data).
+        `persons`: people are persons (`person_id`: the ids' keys mapped through the identities), not ids."""
         if self.fast is None:
             return None
         self._refresh_or_refuse()
         tasks, version = self._events_snapshot()
         try:
-            return self.fast.buckets(tasks, "day", by_event=True, people=True, events=events, version=version)
+            found = self.fast.buckets(tasks, "day", by_event=True, people=True, events=events, version=version)
         except Unsupported:
             return None
+        if not persons:
+            return found
+        remap = self._side_call(self.catalog_views.person_remap, version)
+        key = (remap.key, frozenset(events))
+        stitched = self._stitched.get(key)
+        if stitched is None:
+            stitched = remap_persons(found, remap.keys, remap.reps)
+            self._stitched.put(key, stitched)
+        return stitched
 
-    def _run(self, sql: str, max_rows: int, timeout_s: float) -> QueryResult:
+    def _run(self, sql: str, max_rows: int, timeout_s: float, persons: bool = False) -> QueryResult:
+        """Run `sql`; `persons`: with `events` seen through the view that adds `person_id`."""
         cursor = self._db.cursor()
+        if persons:
+            cursor.execute(f"SET search_path = '{PERSON_SCHEMA},main'")
         timer = threading.Timer(timeout_s, cursor.interrupt)
         timer.start()
         try:
@@ -314,8 +360,7 @@ class QueryEngine:
 
     def close(self) -> None:
         self._db.close()
-        if self._store is not None:
-            self._store.dispose()
+        self._side_db.dispose()
         if self._owns_catalog:
             close_catalog(self.catalog)
 

@@ -11,6 +11,7 @@ Three steps, all in the query's own DuckDB cursor:
 
 from __future__ import annotations
 
+import array
 import logging
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 from pyiceberg.conversions import from_bytes
 from pyiceberg.table import FileScanTask
@@ -221,6 +223,29 @@ def _measure_value(kind: str, picked: list[Bucket]) -> Any:
     if not bounds:
         return None
     return _naive_utc(min(bounds) if kind == "min_time" else max(bounds))
+
+
+def remap_persons(
+    buckets: dict[tuple[int, object], Bucket], keys: np.ndarray, reps: np.ndarray
+) -> dict[tuple[int, object], Bucket]:
+    """The buckets with their people sets (`persons`: keys of `coalesce(user_id, anonymous_id)`) counting
+    persons: each key in `keys` (sorted) replaced by its person's representative in `reps` (same order). Only the
+    keys a set shares with `keys` are looked up (numpy), so a set without linked ids is kept as it is."""
+    if not len(keys):
+        return buckets
+    aliased = BitMap(array.array("I", keys.astype(np.uint32).tobytes()))
+    out: dict[tuple[int, object], Bucket] = {}
+    for key, bucket in buckets.items():
+        if not bucket.persons:
+            out[key] = bucket
+            continue
+        people = BitMap.union(*bucket.persons)
+        hit = people & aliased
+        if hit:
+            found = reps[np.searchsorted(keys, np.frombuffer(hit.to_array(), dtype=np.uint32))]
+            people = (people - hit) | BitMap(array.array("I", found.astype(np.uint32).tobytes()))
+        out[key] = Bucket(bucket.count, bucket.users, [people], bucket.min_us, bucket.max_us)
+    return out
 
 
 def _quote_ident(name: str) -> str:
