@@ -1,12 +1,27 @@
 -- wrk script: POST a fixed NDJSON body (BODY_FILE) to /track with the write key (KEY).
+-- With BODY_COUNT=N, the bodies are BODY_FILE.0 … BODY_FILE.<N-1>, sent in turn (realistic cardinality).
 local key = os.getenv("KEY")
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-local body = f:read("*a")
-f:close()
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local text = f:read("*a")
+  f:close()
+  return text
+end
 wrk.method = "POST"
-wrk.body = body
 wrk.headers["x-api-key"] = key
 wrk.headers["Content-Type"] = "application/x-ndjson"
+local count = tonumber(os.getenv("BODY_COUNT") or "")
+if count then
+  local bodies = {}
+  for i = 0, count - 1 do bodies[i + 1] = read_file(os.getenv("BODY_FILE") .. "." .. i) end
+  local turn = 0
+  request = function()
+    turn = turn % count + 1
+    return wrk.format(nil, nil, nil, bodies[turn])
+  end
+else
+  wrk.body = read_file(os.getenv("BODY_FILE"))
+end
 
 -- DELAY_MS (optional): each connection waits this long before its next request, for a fixed
 -- offered rate (connections * 1000 / DELAY_MS requests/s); wrk's latency excludes the wait.

@@ -35,13 +35,19 @@ def body(events: int) -> bytes:
 
 def run_mode(
     wrk: str, running: RunningHeadwater, key: str, per_request: int, connections: int, duration: int, work: Path,
-    rate: float | None = None,
+    rate: float | None = None, body_count: int | None = None,
 ) -> dict[str, object]:  # fmt: skip
-    """One wrk run; with `rate`, each connection paces itself to offer `rate` requests/s in all."""
-    body_file = work / f"body{per_request}.ndjson"
-    body_file.write_bytes(body(per_request))
+    """One wrk run; with `rate`, each connection paces itself to offer `rate` requests/s in all. With
+    `body_count`, the bodies `work/body.ndjson.<i>` written beforehand are sent in turn."""
+    if body_count is None:
+        body_file = work / f"body{per_request}.ndjson"
+        body_file.write_bytes(body(per_request))
+    else:
+        body_file = work / "body.ndjson"
     lake_before = running.sql("SELECT count(*) FROM events")[0][0]
     env = {"KEY": key, "BODY_FILE": str(body_file), "PATH": "/usr/bin:/bin"}
+    if body_count is not None:
+        env["BODY_COUNT"] = str(body_count)
     if rate is not None:
         env["DELAY_MS"] = str(round(connections * 1000 / rate))
     script = Path(__file__).with_name("ingest.lua")

@@ -30,20 +30,23 @@ class ActivePlans:
     so that no batch goes through unchecked because the catalog's database was away for a moment.
     """
 
-    def __init__(self, load: Callable[[], dict[str, Plan]], refresh_s: float = 5.0) -> None:
+    def __init__(
+        self, load: Callable[[], dict[str, Plan]], refresh_s: float = 5.0, undeclared: bool | str = True
+    ) -> None:
         self.load = load
         self.refresh_s = refresh_s
+        self.undeclared = undeclared  # what the validators list of undeclared properties (Validator's argument)
         self._plans: dict[str, Plan] | None = None
         self._read_at = 0.0
         self._validators: dict[str, Validator] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_engine(cls, engine: sa.Engine, refresh_s: float = 5.0) -> ActivePlans:
+    def from_engine(cls, engine: sa.Engine, refresh_s: float = 5.0, undeclared: bool | str = True) -> ActivePlans:
         """Plans of the PlanStore in the catalog's database `engine`."""
         from headwater.plan.store import PlanStore
 
-        return cls(PlanStore(engine).active_plans, refresh_s)
+        return cls(PlanStore(engine).active_plans, refresh_s, undeclared)
 
     def current(self) -> dict[str, Plan]:
         """source (or `*`) -> its active plan."""
@@ -80,5 +83,5 @@ class ActivePlans:
         with self._lock:
             found = self._validators.get(ref)
             if found is None or found.plan is not plan:
-                found = self._validators[ref] = Validator(plan)
+                found = self._validators[ref] = Validator(plan, self.undeclared)
             return found

@@ -116,7 +116,10 @@ class Validator:
     a batch run, and the second only when some row failed.
     """
 
-    def __init__(self, plan: Plan, undeclared: bool = True) -> None:
+    def __init__(self, plan: Plan, undeclared: bool | str = True) -> None:
+        """`undeclared`: list the properties a schema does not declare for every event (True: `plan check`, the
+        live view), for none (False), or only for events whose mode acts on them ("acted-on": drop-properties;
+        the lake writer, where listing them for every event would double the cost of the check)."""
         self.plan = plan
         self.version = f"{plan.name}@{plan.version}"
         self._events = sorted(plan.events)
@@ -141,7 +144,10 @@ class Validator:
         fails, violations = node.fails(), node.violations()
         declared = list(schema["properties"]) if isinstance(schema.get("properties"), dict) else []
         extra = keys = "false"
-        if self._undeclared and schema.get("additionalProperties") is not False:
+        wanted = self._undeclared is True or (
+            self._undeclared == "acted-on" and self.plan.mode_of(event) == "drop-properties"
+        )
+        if wanted and schema.get("additionalProperties") is not False:
             names = "[" + ", ".join(lit(key) for key in declared) + "]::VARCHAR[]"
             extra = f"NOT list_has_all({names}, json_keys(p))"
             keys = f"list_filter(json_keys(p), lambda k: NOT list_contains({names}, k))"
