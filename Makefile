@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test test-fast test-processing test-sources test-privacy test-cluster test-engines lint format bench clean browser screenshots
+.PHONY: install up test test-fast test-processing test-sources test-privacy test-trust test-cluster test-engines lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -63,6 +63,11 @@ test-privacy: install services  ## lifecycle: deletions, erasure in the log and 
 		tests/processing/test_erasure.py tests/integration/test_retention.py tests/integration/test_late_data.py \
 		tests/integration/test_audit.py tests/integration/test_ga4.py tests/sources/test_ga4_drop.py \
 		tests/unit/test_ga4_map.py tests/browser/test_privacy_page.py tests/browser/test_audit_page.py
+
+test-trust: install services  ## tracking plans, enforcement, replay, enrichment, identity stitching
+	$(VENV)/bin/pytest tests/unit/test_plan_*.py tests/unit/test_enrich_*.py tests/unit/test_identity*.py \
+		tests/unit/test_writer_stages.py tests/integration/test_plan_*.py tests/integration/test_enrich_e2e.py \
+		tests/integration/test_identity*.py tests/browser/test_plan_page.py tests/browser/test_live_violations.py
 
 test-cluster: install services  ## every suite on Kafka + PostgreSQL + S3 (started by the tests)
 	$(VENV)/bin/pytest -m cluster

@@ -18,5 +18,7 @@ $PY -m bench.quix_compare  # Headwater processors vs Quix Streams on one Kafka b
 $PY -m bench.sources --lines "${BENCH_SOURCE_LINES:-10000000}"  # file drop (10 M NDJSON lines), Kafka topic, RabbitMQ queue, PMU COBOL frames
 $PY -m bench.cobol  # COBOL frames decoded/s (the 200-byte bet frame and the PMU mix)
 $PY -m bench.grib  # GRIB grid points/s
+$PY -m bench.trusted  # ingest with a tracking plan and every enrichment beside the same load without
+$PY -m bench.enrich  # each enrichment stage alone and together, rows/s
 $PY -m bench.ga4  # GA4 export import (Parquet, Avro, NDJSON.gz): rows/s, day replaces
 $PY -m bench.privacy  # GDPR deletion of 1,000 people from the queries lake (BENCH_EVENTS); restores the lake after

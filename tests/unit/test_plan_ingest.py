@@ -129,3 +129,17 @@ def test_personal_properties_listed_for_deletions() -> None:
     from headwater.plan.ingest import personal_properties
 
     assert personal_properties([shop()]) == ["card", "email", "name", "phone"]  # top-level ones only
+
+
+def test_escaped_event_names_are_still_transformed(tmp_path: Path) -> None:
+    """A sender may escape any character of the event name (PHP's json_encode, Python's json.dumps with non-ASCII):
+    the rules must apply to the raw NDJSON line all the same."""
+    lines = [
+        b'{"event":"Signed\\u0020Up","userId":"u1","email":"ann@example.com","name":"Ann"}',
+        b'{"event":"Signed Up","userId":"u2","email":"bob@example.com","note":"a\\/b"}',
+    ]
+    parsed = BatchParser(Limits(), "web", 1_768_471_200_000).parse_track(b"\n".join(lines))
+    assert transform(tmp_path)(parsed, "web") == 0
+    first, second = events_of(parsed)
+    assert first == {"event": "Signed Up", "userId": "u1", "email": hash_value("ann@example.com", SALT)}
+    assert second["email"] == hash_value("bob@example.com", SALT)

@@ -142,3 +142,21 @@ def test_stage_must_keep_the_row_count(data_dir: Path) -> None:
         assert "changed the number of rows" in str(exc)
     assert pa is not None
     producer.close()
+
+
+def test_stages_clean_what_quarantine_keeps(data_dir: Path) -> None:
+    """A stage's `clean_raw` sees the raw event of every quarantine row: the IP setting reaches quarantine too."""
+    from headwater.enrich.ip import IPStage
+
+    settings = make_settings(data_dir)
+    log = SqliteLog(settings.log_path, settings.offsets_path, 2)
+    writer = LakeWriter(settings, log.consumer(GROUP), log, stages=[Tagger(), IPStage("drop")])
+    producer = log.producer()
+    bad = {"m": {"src": "web", "ep": "track-raw", "ra": 1_768_471_200_000}, "q": "invalid", "raw": '{"ip":"10.9.9.9"}'}
+    producer.append([(b"k", envelope(1, "BAD")), (None, orjson.dumps(bad))]).result()
+    producer.append([(b"k", orjson.dumps({"m": {"src": "web", "ep": "track-raw", "ra": 1}, "e": {
+        "event": "BAD", "userId": "u", "ip": "10.1.1.1", "context": {"ip": "10.2.2.2"}}}))]).result()  # fmt: skip
+    pump(writer)
+    raws = [r[0] for r in rows(data_dir, "SELECT raw FROM quarantine")]
+    assert len(raws) == 3 and not any("10." in raw for raw in raws), raws
+    producer.close()

@@ -143,7 +143,8 @@ class Collector:
         with an Origin; a server's library name says nothing about the person, and would cost every record)."""
         client: dict[str, str] = {}
         forwarded = headers.get("x-forwarded-for") if self.trust_forwarded else None
-        address = forwarded.split(",")[0].strip() if forwarded else peer
+        # the right-most entry is the one the user's proxy added; entries left of it come from the client
+        address = forwarded.split(",")[-1].strip() if forwarded else peer
         if address and self.record_ip:
             client["ip"] = address
         agent = headers.get("user-agent")

@@ -269,7 +269,8 @@ class Settings(BaseSettings):
     )
     collector_trust_forwarded: bool = Field(
         False,
-        description="Take the client address from X-Forwarded-For (behind a proxy you run) rather than the connection.",
+        description="Take the client address from the last X-Forwarded-For entry (the one your proxy adds; run "
+        "behind exactly one proxy) rather than the connection.",
     )
 
     # --- query

@@ -11,7 +11,10 @@ A stage may:
 - replace columns (e.g. `properties` with undeclared properties removed);
 - move rows to quarantine (`quarantine(...)`: the writer stores them there with the reason, never in `events`);
 - record side effects (violation counts, identity links, session state) — idempotently: after a crash the same
-  batch is read again from the log and passes through every stage again before it lands.
+  batch is read again from the log and passes through every stage again before it lands;
+- clean what quarantine keeps: a stage with a method `clean_raw(raw: pa.Array) -> pa.Array` gets the `raw`
+  column (events as sent, JSON text) of every quarantine row the batch writes (e.g. the IP setting applied there
+  too).
 
 Columns starting with `_` are inputs for stages and never stored:
 `_ip`, `_user_agent`, `_url`, `_referrer` (strings pulled out of the event during normalisation: `context.ip` or

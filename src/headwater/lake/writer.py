@@ -198,6 +198,16 @@ class LakeWriter:
             metrics.EVENTS_QUARANTINED_BY_STAGE.inc(len(pending))
         return stored_columns(batch.events), quarantine, batch.quarantined
 
+    def _clean_quarantine(self, quarantine: pa.Table) -> pa.Table:
+        """Quarantine's `raw` through the stages that clean it (`clean_raw`, headwater.core.stages)."""
+        cleaners = [stage.clean_raw for stage in self.stages if hasattr(stage, "clean_raw")]
+        if not cleaners or quarantine.num_rows == 0:
+            return quarantine
+        raw = quarantine.column("raw").combine_chunks()
+        for clean in cleaners:
+            raw = clean(raw)
+        return quarantine.set_column(quarantine.schema.get_field_index("raw"), quarantine.field("raw"), raw)
+
     def flush(self) -> int:
         """Commit the buffer; return rows written. On failure, recover and re-raise."""
         positions = self.consumer.positions()
@@ -206,6 +216,7 @@ class LakeWriter:
             quarantined: dict[int, str] = {}
             if self.stages and events.num_rows:
                 events, quarantine, quarantined = self._run_stages(events, quarantine)
+            quarantine = self._clean_quarantine(quarantine)
             events = self._drop_duplicates(events, quarantined)
             if events.num_rows:
                 add_missing_columns(self.tables["events"], events)

@@ -129,8 +129,10 @@ class IngestTransform:
         names = [orjson.dumps(name) for name in rules]
         keep: list[bool] = []
         for index, (key, value) in enumerate(parsed.records):
-            if not any(name in value for name in names) and (
-                self._consent_key is None or self._consent_key not in value
+            if (
+                not any(name in value for name in names)
+                and (self._consent_key is None or self._consent_key not in value)
+                and b"\\" not in value  # a name or key may be spelled with escapes (`\u00e9`, `\/`): parse to be sure
             ):
                 keep.append(True)
                 continue  # neither a planned event with rules nor a consent object: as sent

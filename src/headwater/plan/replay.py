@@ -8,6 +8,10 @@ second replay of the same rows appends nothing (the embedded log drops repeated 
 claims `replay:P:O`), and the writer gives an event without messageId the event_id of its original position: a
 replayed event lands exactly once, with the id it would have had. It then meets the plan active now.
 
+The idempotency key only lasts `dedupe_window_hours`, so every replayed position is also recorded for good in
+`headwater_quarantine_replays` (catalog database) once its append is acknowledged; a later replay skips those
+(counted as `already`). A crash between the append and that record is covered by the key.
+
 Events the collector rejected (invalid JSON, a missing field) never met the ingest transforms (personal data,
 consent): they meet them now. Events a plan quarantined were transformed before they reached the log and are
 appended as they are. Quarantine keeps its rows (the history of what was refused).
@@ -24,13 +28,24 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from headwater.collector.parsing import ParsedBatch
+from headwater.core.database import create_tables
 from headwater.core.events import RAW_TRACK, InvalidEvent, check_raw_track, check_segment
 from headwater.core.settings import Settings
 from headwater.log.base import Producer
 
 CHUNK = 1000  # records per append
+_METADATA = sa.MetaData()
+REPLAYS = sa.Table(
+    "headwater_quarantine_replays",
+    _METADATA,
+    sa.Column("source", sa.String(255), primary_key=True),
+    sa.Column("position", sa.String(64), primary_key=True),  # "P:O": the quarantined row's log position
+    sa.Column("replayed_at", sa.DateTime, nullable=False),
+)
 PLAN_REASON = "plan "  # reasons of rows a tracking plan quarantined (headwater.plan.enforce.reason_for)
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -147,6 +162,17 @@ def replay_rows(
 ) -> ReplayResult:
     """Append quarantined `rows` to the log (through `producer`, else one opened here); `progress(done, total)`."""
     result = ReplayResult(matched=rows.num_rows, dry_run=dry_run)
+    from headwater.lake.coordination import open_engine
+
+    engine = open_engine(settings.effective_catalog_uri)
+    create_tables(engine, _METADATA)
+    done = _replayed(engine, rows)
+    if done:
+        keep = [(s, f"{p}:{o}") not in done for s, p, o in zip(
+            rows.column("source").to_pylist(), rows.column("log_partition").to_pylist(),
+            rows.column("log_offset").to_pylist(), strict=True)]  # fmt: skip
+        result.already += keep.count(False)
+        rows = rows.filter(pa.array(keep))
     parsed = records_of(rows, result, None if dry_run else transform)
     total = len(parsed.records)
     if progress is not None:
@@ -162,6 +188,7 @@ def replay_rows(
         for start in range(0, total, CHUNK):
             chunk = slice(start, start + CHUNK)
             written = producer.append(parsed.records[chunk], parsed.idempotency[chunk]).result()
+            _record(engine, [key for key in parsed.idempotency[chunk] if key is not None])
             duplicates = len(written.duplicates)
             result.already += duplicates
             result.replayed += len(parsed.records[chunk]) - duplicates
@@ -171,3 +198,30 @@ def replay_rows(
         if own:
             producer.close()
     return result
+
+
+def _replayed(engine: sa.Engine, rows: pa.Table) -> set[tuple[str, str]]:
+    """The (source, position) of `rows` replayed before."""
+    if rows.num_rows == 0:
+        return set()
+    positions = sorted({f"{p}:{o}" for p, o in zip(
+        rows.column("log_partition").to_pylist(), rows.column("log_offset").to_pylist(), strict=True)})  # fmt: skip
+    found: set[tuple[str, str]] = set()
+    with engine.connect() as conn:
+        for start in range(0, len(positions), 500):
+            query = sa.select(REPLAYS.c.source, REPLAYS.c.position).where(
+                REPLAYS.c.position.in_(positions[start : start + 500])
+            )
+            found.update((str(s), str(p)) for s, p in conn.execute(query))
+    return found
+
+
+def _record(engine: sa.Engine, keys: list[tuple[str, str]]) -> None:
+    """Record appended replays for good (keys: (source, "replay:P:O"))."""
+    if not keys:
+        return
+    now = datetime.now(UTC).replace(tzinfo=None)
+    values = [{"source": s, "position": k.removeprefix("replay:"), "replayed_at": now} for s, k in keys]
+    with engine.begin() as conn:
+        module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(module.insert(REPLAYS).values(values).on_conflict_do_nothing())
