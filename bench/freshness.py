@@ -36,6 +36,25 @@ def sample(running: RunningHeadwater, key: str, read_key: str) -> float:
     return time.monotonic() - started
 
 
+def under_load(running: RunningHeadwater, keys: dict[str, str], samples: int, rate: float) -> list[float]:
+    """`samples` freshness latencies (sorted) while a background sender offers `rate` events/s."""
+    stop = threading.Event()
+
+    def background() -> None:
+        options = GenerateOptions(running.url, keys["write"], rate=rate, batch=100, duration=1.0)
+        while not stop.is_set():
+            asyncio.run(generate(options))
+
+    thread = threading.Thread(target=background, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2)
+        return sorted(sample(running, keys["write"], keys["read"]) for _ in range(samples))
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=60)
@@ -46,21 +65,9 @@ def main() -> None:
         data_dir.mkdir()
         keys = make_keys(data_dir)
         running = RunningHeadwater(data_dir, child_env(data_dir), keys=keys).start()
-        stop = threading.Event()
-
-        def background() -> None:
-            options = GenerateOptions(running.url, keys["write"], rate=args.background_rate, batch=100, duration=1.0)
-            while not stop.is_set():
-                asyncio.run(generate(options))
-
-        thread = threading.Thread(target=background, daemon=True)
-        thread.start()
         try:
-            time.sleep(2)
-            latencies = sorted(sample(running, keys["write"], keys["read"]) for _ in range(args.samples))
+            latencies = under_load(running, keys, args.samples, args.background_rate)
         finally:
-            stop.set()
-            thread.join(10)
             running.stop()
     quantiles = statistics.quantiles(latencies, n=20)
     emit(

@@ -19,7 +19,6 @@ import random
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import httpx
 import orjson
 
 from bench.common import ROOT, RunningHeadwater, child_env, emit, make_keys, need_wrk
-from bench.freshness import sample
+from bench.freshness import under_load
 from bench.ingest import run_mode
 
 BROWSERS = [
@@ -129,25 +128,7 @@ def write_geoip(path: Path) -> Path:
 
 
 def freshness(running: RunningHeadwater, keys: dict[str, str], samples: int) -> dict[str, float]:
-    from headwater.loadgen.generate import GenerateOptions, generate
-
-    stop = threading.Event()
-
-    def background() -> None:
-        import asyncio
-
-        options = GenerateOptions(running.url, keys["write"], rate=5000.0, batch=100, duration=1.0)
-        while not stop.is_set():
-            asyncio.run(generate(options))
-
-    thread = threading.Thread(target=background, daemon=True)
-    thread.start()
-    try:
-        time.sleep(2)
-        latencies = sorted(sample(running, keys["write"], keys["read"]) for _ in range(samples))
-    finally:
-        stop.set()
-        thread.join(10)
+    latencies = under_load(running, keys, samples, 5000.0)
     return {
         "p50_s": round(statistics.median(latencies), 3),
         "p95_s": round(statistics.quantiles(latencies, n=20)[18], 3),

@@ -18,17 +18,13 @@ on every flush of the lake writer.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 from headwater.core.errors import ConfigError
+from headwater.core.loading import load_named
 from headwater.core.stages import StageBatch
 from headwater.enrich.common import FIXED_COLUMNS, EnrichmentError
 
@@ -38,34 +34,9 @@ UserFunction = Callable[[pa.Table], pa.Table]
 
 def load_function(spec: str) -> UserFunction:
     """Import 'file.py:name' or 'module:name' and return the function it names."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise ConfigError(f"enrich_functions: {spec!r}: expected 'path/to/file.py:name' or 'package.module:name'")
-    try:
-        if target.endswith(".py"):
-            path = Path(target).resolve()
-            if not path.is_file():
-                raise ConfigError(f"enrich_functions: {spec!r}: {path} does not exist")
-            module_name = f"headwater_enrich_{path.stem}_{abs(hash(str(path)))}"
-            module_spec = importlib.util.spec_from_file_location(module_name, path)
-            if module_spec is None or module_spec.loader is None:
-                raise ConfigError(f"enrich_functions: {spec!r}: cannot import {path}")
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_name] = module
-            if str(path.parent) not in sys.path:
-                sys.path.insert(0, str(path.parent))
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except ConfigError:
-        raise
-    except Exception as exc:  # the user's module failed to import: say which and why
-        raise ConfigError(f"enrich_functions: {spec!r}: import failed: {type(exc).__name__}: {exc}") from exc
-    found: Any = getattr(module, attr, None)
-    if found is None:
-        raise ConfigError(f"enrich_functions: {spec!r}: {target} has no {attr!r}")
+    found = load_named(spec, "enrich_functions:", ConfigError)
     if not callable(found):
-        raise ConfigError(f"enrich_functions: {spec!r}: {attr} is not a function")
+        raise ConfigError(f"enrich_functions: {spec!r}: {spec.rpartition(':')[2]} is not a function")
     function: UserFunction = found
     return function
 

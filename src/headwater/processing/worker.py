@@ -6,10 +6,7 @@ is a Pipeline or a list of them.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from typing import Any
 import orjson
 
 from headwater.core.errors import ProcessingError
+from headwater.core.loading import load_named
 from headwater.core.settings import Settings
 from headwater.log.base import EventLog
 from headwater.processing.api import Output, Pipeline
@@ -30,24 +28,8 @@ ERRORS_TABLE = "processor_errors"
 
 def load_pipelines(spec: str) -> list[Pipeline]:
     """Import 'file.py:attr' or 'module:attr' and return the Pipeline(s) it names."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise ProcessingError(f"processor {spec!r}: expected 'path/to/file.py:name' or 'package.module:name'")
-    if target.endswith(".py"):
-        path = Path(target).resolve()
-        if not path.exists():
-            raise ProcessingError(f"processor {spec!r}: {path} does not exist")
-        module_name = f"headwater_user_{path.stem}_{abs(hash(str(path)))}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ProcessingError(f"processor {spec!r}: cannot import {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        sys.path.insert(0, str(path.parent))
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
-    found: Any = getattr(module, attr, None)
+    attr = spec.rpartition(":")[2]
+    found: Any = load_named(spec, "processor", ProcessingError)
     if callable(found) and not isinstance(found, Pipeline):
         found = found()
     pipelines = found if isinstance(found, list | tuple) else [found]
