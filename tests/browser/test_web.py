@@ -120,7 +120,8 @@ def test_analyst_journey_live_funnel_dashboard_share(app: RunningHeadwater, brow
     page.select_option("select[name=kind]", "timeline")
     page.fill("input[name=person]", "u-full")
     page.click("#run")
-    expect(page.locator("#result table")).to_contain_text("Paid")
+    expect(page.locator("#result h3")).to_contain_text("Person u-full")  # the person, then its ids and events
+    expect(page.locator("#result table").last).to_contain_text("Paid")
 
     # SQL editor
     page.goto(app.url + "/#/sql")
