@@ -123,9 +123,9 @@ def leaks(data_dir: Path, ids: list[str]) -> list[str]:
             continue
         if path.suffix == ".parquet":
             table = pq.read_table(path)
-            for column in table.columns:
+            for column_name, column in zip(table.column_names, table.columns, strict=True):
                 if pa.types.is_string(column.type) and pc.any(pc.match_substring_regex(column, pattern)).as_py():
-                    found.append(f"{path}: column holds an id")
+                    found.append(f"{path}: column {column_name} holds an id")
         elif path.suffix == ".avro":
             with path.open("rb") as stream:
                 text = "".join(repr(record) for record in fastavro.reader(stream))

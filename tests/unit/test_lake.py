@@ -160,3 +160,27 @@ def test_import_ndjson_csv_parquet_and_resume(data_dir: Path, tmp_path: Path) ->
         ["invalid JSON"],
         ["userId: required (or anonymousId)"],
     ]
+
+
+def test_a_compaction_that_loses_its_commit_deletes_what_it_wrote(data_dir: Path) -> None:
+    """Files of a lost compaction are never referenced: left for the sweep, they would keep rows (a deleted
+    person's too) on disk for its grace period."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    _, producer, writer = setup(data_dir, compact_min_files=2)
+    for round_ in range(3):
+        producer.append([(b"u", envelope(round_ * 10 + i)) for i in range(10)]).result()
+        pump(writer)
+    maintenance = Maintenance(writer.settings, writer.tables, writer.files)
+    data_root = Path(maintenance.tables["events"].location().removeprefix("file://")) / "data"
+    before = set(data_root.rglob("*.parquet"))
+
+    def lost(*args: Any, **kwargs: Any) -> None:
+        raise CommitFailedException("branch main has changed")
+
+    writer.files["events"].replace = lost  # type: ignore[method-assign]
+    with pytest.raises(CommitFailedException):
+        maintenance.compact("events")
+    assert set(data_root.rglob("*.parquet")) == before
+    assert count(data_dir, "SELECT count(*) FROM events") == [[30]]
+    producer.close()

@@ -8,6 +8,7 @@ Iceberg sort order), cut into files of about `lake_file_target_mb`, and written 
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Callable
@@ -49,6 +50,8 @@ ZSTD_LEVEL = 3
 PARQUET = ParquetFormatModel()
 DEFAULT_BYTES_PER_ROW = {"events": 12.0, "quarantine": 200.0}
 MIN_FILE_ROWS = 10_000
+
+log = logging.getLogger(__name__)
 
 
 def declare_sort_order(table: Table, name: str) -> None:
@@ -210,6 +213,18 @@ class FileWriter:
 
             self.rollups.put(self.name, {f.file_path: rollup(piece) for f, piece in zip(files, slices, strict=True)})
         return files
+
+    def discard(self, table: Table, files: list[DataFile]) -> None:
+        """Delete files written but never committed (a lost commit race, a writer giving its partitions up) and
+        their rollups at once: left for the sweep, they would keep their rows, a deleted person's included, for
+        the sweep's grace period."""
+        for data_file in files:
+            try:
+                table.io.delete(data_file.file_path)
+            except (FileNotFoundError, OSError):
+                log.warning("could not delete the uncommitted file %s; the sweep will", data_file.file_path)
+        if self.rollups is not None and files:
+            self.rollups.delete(f.file_path for f in files)
 
     def append(self, table: Table, files: list[DataFile], properties: dict[str, str]) -> None:
         """One snapshot adding `files` (manifests merged as the table's properties say)."""

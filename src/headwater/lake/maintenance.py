@@ -117,7 +117,11 @@ class Maintenance:
         merged = pa.concat_tables(parts, promote_options="default")
         writer = self.files[name]
         new_files = writer.write(table, merged)
-        writer.replace(table, files, new_files, carried_offsets(table))  # offsets of the version it commits on
+        try:
+            writer.replace(table, files, new_files, carried_offsets(table))  # offsets of the version it commits on
+        except CommitFailedException:  # certainly not committed: their rows must not outlive a deletion on disk
+            writer.discard(table, new_files)
+            raise
         metrics.LAKE_COMPACTIONS.labels(name).inc()
         log.info("compacted %d files (%d rows) of %s into %d", len(files), merged.num_rows, name, len(new_files))
 

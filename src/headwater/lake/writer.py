@@ -244,6 +244,8 @@ class LakeWriter:
             known = self.table_offsets[name]
             moved = sorted(p for p in positions if current.get(p, 0) != known.get(p, 0))
             if moved:
+                if files is not None:  # every append so far failed its commit: nothing references them
+                    self.files[name].discard(table, files)
                 raise PartitionTakenOver(f"{name}: partitions {moved} were committed by another writer")
             merged = {**current, **{p: max(o, current.get(p, 0)) for p, o in positions.items()}}
             started = time.perf_counter()
@@ -264,6 +266,8 @@ class LakeWriter:
             self.table_offsets[name] = merged
             self.commits += 1
             return
+        if files is not None:
+            self.files[name].discard(table, files)
         raise LakeError(f"{name}: gave up after {COMMIT_ATTEMPTS} conflicting commits")
 
     def poll(self, timeout_s: float) -> int:
