@@ -573,6 +573,9 @@ class KafkaAdmin:
         try:
             metadata = self._admin.list_topics(topic=self.topic, timeout=2)
         except KafkaException as exc:
+            # a client that failed while the brokers were away may keep failing after they are back (see above):
+            # the next check asks with a new one, or intake would stay refused (503) after Kafka's return
+            self._admin = AdminClient(self._conf)
             return f"Kafka unreachable at {self.bootstrap_servers}: {exc.args[0].str()}"
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
