@@ -316,3 +316,25 @@ def test_what_cannot_be_checked_does_not_stop_the_rest() -> None:
     validator = Validator(plan_of(schemas))
     out = found(validator, [("A", {"x": "long"}), ("B", {"y": "2024-01-01"}), ("A", {"x": 1})])
     assert out == [(0, "$.properties.x", "maxLength"), (1, "$.properties.y", "type"), (2, "$.properties.x", "type")]
+
+
+def test_personal_properties_after_the_collector_are_checked_for_presence_only() -> None:
+    """The collector hashes / masks / drops `x-personal` properties before the log: the lake writer and the live
+    view must not call a hashed email a bad email, nor a dropped property missing (every such event was
+    quarantined before this)."""
+    plan = plan_of({"Signed Up": {
+        "type": "object",
+        "properties": {"email": {"type": "string", "format": "email", "x-personal": "hash"},
+                       "phone": {"type": "string", "pattern": "^[+][0-9]+$", "x-personal": "mask"},
+                       "ssn": {"type": "string", "x-personal": "drop"},
+                       "plan": {"enum": ["free", "pro"]}},
+        "required": ["email", "phone", "ssn", "plan"],
+    }})  # fmt: skip
+    ingested = {"email": "9f86d081884c7d659a2feaa0c55ad015", "phone": "+33*******", "plan": "pro"}
+    assert found(Validator(plan, ingested=True), [("Signed Up", ingested)]) == []
+    # still checked: presence of hashed ones, and every property that is not personal
+    missing = found(Validator(plan, ingested=True), [("Signed Up", {"phone": "x", "plan": "gold"})])
+    assert sorted(missing) == [(0, "$.properties.email", "required"), (0, "$.properties.plan", "enum")]
+    # events as sent (plan check's samples): every rule applies
+    raw = found(Validator(plan), [("Signed Up", ingested)])
+    assert {(p, r) for _, p, r in raw} >= {("$.properties.email", "format"), ("$.properties.ssn", "required")}

@@ -83,5 +83,5 @@ class ActivePlans:
         with self._lock:
             found = self._validators.get(ref)
             if found is None or found.plan is not plan:
-                found = self._validators[ref] = Validator(plan, self.undeclared)
+                found = self._validators[ref] = Validator(plan, self.undeclared, ingested=True)
             return found

@@ -116,11 +116,14 @@ class Validator:
     a batch run, and the second only when some row failed.
     """
 
-    def __init__(self, plan: Plan, undeclared: bool | str = True) -> None:
+    def __init__(self, plan: Plan, undeclared: bool | str = True, ingested: bool = False) -> None:
         """`undeclared`: list the properties a schema does not declare for every event (True: `plan check`, the
         live view), for none (False), or only for events whose mode acts on them ("acted-on": drop-properties;
-        the lake writer, where listing them for every event would double the cost of the check)."""
+        the lake writer, where listing them for every event would double the cost of the check).
+        `ingested`: the events passed the collector, which hashed, masked or dropped the `x-personal` properties:
+        those are checked for presence only (a hash is no email address; a dropped property is not missing)."""
         self.plan = plan
+        self.ingested = ingested
         self.version = f"{plan.name}@{plan.version}"
         self._events = sorted(plan.events)
         self._planned = pa.array(self._events, pa.string())
@@ -140,6 +143,8 @@ class Validator:
         scope = Scope("p", "hw_", columns=True)
         root = Value("p", "'OBJECT'", "NULL", scope, "$")  # `properties`: always an object
         schema = self.plan.events[event].schema
+        if self.ingested:
+            schema = _as_ingested(schema)
         node = self._compiler.node(root, ViolationPath("$.properties"), schema)
         fails, violations = node.fails(), node.violations()
         declared = list(schema["properties"]) if isinstance(schema.get("properties"), dict) else []
@@ -293,3 +298,24 @@ _EMPTY = pa.table(
      "path": pa.array([], pa.string()), "rule": pa.array([], pa.string()), "expected": pa.array([], pa.string()),
      "got": pa.array([], pa.string())}
 )  # fmt: skip
+
+
+def _as_ingested(schema: Any) -> Any:
+    """`schema` as the collector's personal-data rules leave values: `x-personal` hash / mask subschemas accept any
+    value, drop ones are neither declared nor required (their values never reach the log)."""
+    if isinstance(schema, list):
+        return [_as_ingested(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _as_ingested(value) for key, value in schema.items()}
+    props = out.get("properties")
+    if isinstance(props, dict):
+        dropped = {name for name, sub in props.items() if isinstance(sub, dict) and sub.get("x-personal") == "drop"}
+        out["properties"] = {
+            name: {} if isinstance(sub, dict) and sub.get("x-personal") in ("hash", "mask") else sub
+            for name, sub in props.items()
+            if name not in dropped
+        }
+        if dropped and isinstance(out.get("required"), list):
+            out["required"] = [name for name in out["required"] if name not in dropped]
+    return out
