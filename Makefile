@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test test-fast test-processing test-sources test-privacy test-trust test-cluster test-engines lint format bench clean browser screenshots
+.PHONY: install up test test-fast test-processing test-sources test-privacy test-trust test-ops test-cluster test-engines lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -36,7 +36,7 @@ services:  ## real Kafka, S3 (s3proxy) and Spark jars from Maven Central into .t
 	@command -v ss >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null)  # the chaos test watches sockets
 
 up: install  ## start everything on embedded defaults, with demo traffic
-	$(VENV)/bin/headwater up --demo
+	HEADWATER_MODELS_DIR=$${HEADWATER_MODELS_DIR:-examples/models} $(VENV)/bin/headwater up --demo
 
 lint: install  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check src tests bench examples
@@ -68,6 +68,12 @@ test-trust: install services  ## tracking plans, enforcement, replay, enrichment
 	$(VENV)/bin/pytest tests/unit/test_plan_*.py tests/unit/test_enrich_*.py tests/unit/test_identity*.py \
 		tests/unit/test_writer_stages.py tests/integration/test_plan_*.py tests/integration/test_enrich_e2e.py \
 		tests/integration/test_identity*.py tests/browser/test_plan_page.py tests/browser/test_live_violations.py
+
+test-ops: install services  ## SQL models, data checks, alerting, query slots, upgrades, processor state versions
+	$(VENV)/bin/pytest tests/unit/test_alerts*.py tests/unit/test_checks.py tests/unit/test_example_models.py \
+		tests/integration/test_models*.py tests/integration/test_checks*.py tests/integration/test_alerts*.py \
+		tests/integration/test_query_slots.py tests/integration/test_upgrade*.py tests/processing/test_state_versions.py \
+		tests/engines/test_spark_models.py
 
 test-cluster: install services  ## every suite on Kafka + PostgreSQL + S3 (started by the tests)
 	$(VENV)/bin/pytest -m cluster

@@ -22,3 +22,4 @@ $PY -m bench.trusted  # ingest with a tracking plan and every enrichment beside 
 $PY -m bench.enrich  # each enrichment stage alone and together, rows/s
 $PY -m bench.ga4  # GA4 export import (Parquet, Avro, NDJSON.gz): rows/s, day replaces
 $PY -m bench.privacy  # GDPR deletion of 1,000 people from the queries lake (BENCH_EVENTS); restores the lake after
+$PY -m bench.isolation  # freshness and /track latency alone and while a compaction, a deletion and 8 heavy queries run

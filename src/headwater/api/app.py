@@ -25,9 +25,12 @@ from starlette.routing import BaseRoute, Route
 
 from headwater import __version__
 from headwater.api.accounts import account_routes
+from headwater.api.alerts import alert_routes
 from headwater.api.audit import audit_routes
 from headwater.api.boards import board_routes
+from headwater.api.checks import check_routes
 from headwater.api.imports import import_routes
+from headwater.api.models import model_routes
 from headwater.api.plans import plan_routes
 from headwater.api.principal import authenticate
 from headwater.api.privacy import privacy_routes
@@ -55,6 +58,7 @@ from headwater.plan.live import LiveViolations
 from headwater.plan.store import PlanStore
 from headwater.privacy.requests import DeletionStore
 from headwater.query.engine import QueryEngine
+from headwater.query.slots import QueryBusy, QuerySlots
 from headwater.web.routes import web_routes
 
 log = logging.getLogger(__name__)
@@ -122,7 +126,10 @@ class Services:
         self.users = UserStore(settings.store_uri("users"), settings.session_hours)
         limits = Limits(settings.max_request_bytes, settings.max_event_bytes, settings.max_batch_events)
         self.collector = Collector(self.producer, self.keys, limits)
-        self.query = QueryEngine(settings)
+        self.query_slots = QuerySlots(
+            settings.query_concurrency, settings.query_queue, settings.query_queue_wait_s, settings.query_nice
+        )
+        self.query = self.query_slots.build(lambda: QueryEngine(settings))  # DuckDB's threads inherit the niceness
         self.insights = InsightEngine(self.query)
         self.processors = ProcessorRegistry(settings.processors_dir)
         self.live = LiveTail(self.log, self.processors.streams)
@@ -170,6 +177,7 @@ class Services:
         self.producer.close()
         self.admin.close()
         self.query.close()
+        self.query_slots.close()
         self.live.close()
         self.processors.close()
         self.boards.close()
@@ -264,9 +272,9 @@ def build_app(settings: Settings) -> IngestApp:
             return error_response("max_rows: must be a positive integer", 400)
         limit = min(max_rows or s.settings.query_max_rows, s.settings.query_max_rows)
         try:
-            result = await run_in_threadpool(s.query.execute, doc["sql"], limit)
+            result = await s.query_slots.run(s.query.execute, doc["sql"], limit)
         except QueryError as exc:
-            return error_response(str(exc), exc.status)
+            return _query_error(exc)
         return Response(
             orjson.dumps(result.as_dict(), default=str, option=orjson.OPT_NON_STR_KEYS),
             media_type="application/json",
@@ -276,10 +284,11 @@ def build_app(settings: Settings) -> IngestApp:
         spec = await read_request(request, '{"kind": "trend", ...}', "view")
         if isinstance(spec, Response):
             return spec
+        s = svc()
         try:
-            answer = await run_in_threadpool(svc().insights.run, spec)
+            answer = await s.query_slots.run(s.insights.run, spec)
         except QueryError as exc:
-            return error_response(str(exc), exc.status)
+            return _query_error(exc)
         return Response(orjson.dumps(answer, default=str), media_type="application/json")
 
     def live_args(request: Request) -> dict[str, Any]:
@@ -367,8 +376,16 @@ def build_app(settings: Settings) -> IngestApp:
     routes += privacy_routes(svc)
     routes += plan_routes(svc)
     routes += quarantine_routes(svc)
+    routes += check_routes(svc)
+    routes += alert_routes(svc)
+    routes += model_routes(svc)
     routes += web_routes()
-    starlette = Starlette(routes=routes + ingest_routes, middleware=middleware, lifespan=lifespan)
+    starlette = Starlette(
+        routes=routes + ingest_routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={QueryBusy: _query_busy},
+    )
     ingest = IngestApp(starlette, origins)
     return ingest
 
@@ -378,6 +395,17 @@ def read_live(s: Services, cursor: str | None, args: dict[str, Any]) -> dict[str
     page: dict[str, Any] = s.live.read(cursor, **args)
     s.live_plans.annotate(page["events"])
     return page
+
+
+def _query_error(exc: QueryError) -> Response:
+    """The error of a query as JSON; a query refused for lack of a slot says when to retry."""
+    headers = {"retry-after": str(exc.retry_after)} if isinstance(exc, QueryBusy) else None
+    return error_response(str(exc), exc.status, headers)
+
+
+async def _query_busy(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueryBusy)
+    return _query_error(exc)
 
 
 async def _method_not_allowed(request: Request) -> Response:

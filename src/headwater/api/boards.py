@@ -139,7 +139,7 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
         s = services()
         dashboard_id = _int(request, "id")
         if request.method == "GET":
-            return await run_in_threadpool(run, dashboard_id)
+            return await s.query_slots.run(run, dashboard_id)  # QueryBusy -> 429 (the app's handler)
         if request.method == "DELETE":
             s.boards.delete_dashboard(dashboard_id)
             return {"success": True}
@@ -169,7 +169,7 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
         dashboard_id = s.boards.shared_dashboard(request.path_params["token"])
         if dashboard_id is None:
             return _json({"success": False, "error": "this share link does not exist or was revoked"}, 404)
-        board = await run_in_threadpool(run, dashboard_id)
+        board = await s.query_slots.run(run, dashboard_id)
         for tile in board["tiles"]:
             tile.pop("sql", None)  # viewers of a link see results, not the queries
         return _json(board, headers={"content-security-policy": "frame-ancestors *", "cache-control": "no-store"})

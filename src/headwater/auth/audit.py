@@ -40,7 +40,7 @@ ACTIONS = frozenset({
     "share.created", "share.revoked",
     "settings.started", "settings.changed",
     "privacy.deletion_requested", "privacy.deletion_completed", "privacy.deletion_failed",
-    "plan.changed", "quarantine.replayed",
+    "plan.changed", "quarantine.replayed", "alert.silenced", "alert.unsilenced",
     "login.succeeded", "login.failed",
 })  # fmt: skip
 ACTOR_KINDS = ("user", "key", "cli", "system")

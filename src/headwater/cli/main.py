@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,12 +28,8 @@ from headwater.core.errors import HeadwaterError
 from headwater.core.settings import Settings, load_settings
 
 app = typer.Typer(help="Headwater: self-hosted event analytics.", no_args_is_help=True, add_completion=False)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
-users_app = typer.Typer(help="Create, list, change and delete web users.", no_args_is_help=True)
-app.add_typer(users_app, name="users")
 console = Console(stderr=True, soft_wrap=True)
 
 HostOpt = Annotated[str | None, typer.Option("--host", help="Address to bind.")]
@@ -84,9 +81,15 @@ def up(
     demo: Annotated[bool, typer.Option("--demo", help="Also send demo traffic and print how to query it.")] = False,
 ) -> None:
     """Run everything on one machine: collector, log, lake writer, maintenance, query API."""
+    from headwater.cli.accounts import ensure_first_admin
     from headwater.runtime.supervisor import Supervisor
+    from headwater.upgrade import prepare
 
     settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    try:
+        prepare(settings)  # refuses a newer data directory; upgrades an older one (after a backup)
+    except HeadwaterError as exc:
+        fail(str(exc))
     first_password = ensure_first_admin(settings)
     supervisor = Supervisor(settings, config)
     stop = threading.Event()
@@ -190,10 +193,21 @@ def writer(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 
 
 @app.command()
+def ops(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Build SQL models, run data checks and evaluate alert rules until stopped (`headwater up` runs this)."""
+    from headwater.runtime.processes import run_ops
+
+    run_ops(settings_from(config, data_dir=data_dir))
+
+
+@app.command()
 def process(
     specs: Annotated[
         list[str] | None,
-        typer.Argument(help="Pipelines to run, 'file.py:name' or 'module:name' (default: the `processors` setting)."),
+        typer.Argument(
+            help="Pipelines to run, 'file.py:name' or 'module:name' (default: the `processors` setting); or "
+            "'savepoint NAME' to take a savepoint of processor NAME (running or not), 'savepoints NAME' to list them."
+        ),
     ] = None,
     replay: Annotated[
         str | None, typer.Option("--replay", help="Re-run this processor into fresh state (a new run).")
@@ -202,10 +216,28 @@ def process(
         str,
         typer.Option(
             "--from",
-            help="With --replay: 'earliest', 'latest', offsets 'P:O,P:O', an ISO time (event time), or "
-            "'lake' / 'lake:ISO time' to read the events table first (what the log no longer holds).",
+            help="With --replay or --reset-state: 'earliest', 'latest', offsets 'P:O,P:O', an ISO time (event time), "
+            "'lake' / 'lake:ISO time' to read the events table first (what the log no longer holds), or "
+            "'savepoint:ID'.",
         ),
     ] = "earliest",
+    from_savepoint: Annotated[
+        str | None,
+        typer.Option(
+            "--from-savepoint",
+            help="Start the processor holding savepoint ID (and its stages) from it, as a new run: its state, then "
+            "its input from the saved positions. With --replay NAME and no pipelines: ask the running one.",
+        ),
+    ] = None,
+    reset_state: Annotated[
+        bool,
+        typer.Option(
+            "--reset-state", help="Start the pipelines given as new runs with empty state, reading from --from."
+        ),
+    ] = False,
+    savepoint_id: Annotated[
+        str | None, typer.Option("--id", help="With 'savepoint NAME': the savepoint's id (default: the time).")
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -214,13 +246,42 @@ def process(
 
     settings = settings_from(config, data_dir=data_dir)
     try:
+        if specs and specs[0] in ("savepoint", "savepoints"):
+            _savepoint_command(settings, specs, savepoint_id)
+            return
+        if from_savepoint is not None:
+            start = f"savepoint:{from_savepoint}"
         if replay is not None and not specs:
             where = request_replay(settings, replay, start)
             console.print(f"replay of {replay} from {start} requested; the running processor picks it up ({where})")
             return
-        run_processors(settings, specs or settings.processors, replay=replay, start=start)
+        run_processors(
+            settings, specs or settings.processors, replay=replay, start=start,
+            from_savepoint=from_savepoint, reset_state=reset_state,
+        )  # fmt: skip
     except HeadwaterError as exc:
         fail(str(exc))
+
+
+def _savepoint_command(settings: Settings, args: list[str], savepoint_id: str | None) -> None:
+    """`process savepoint NAME [--id ID]` and `process savepoints NAME`."""
+    from headwater.log import open_log
+    from headwater.processing import savepoints
+
+    if len(args) != 2:
+        fail(f"usage: headwater process {args[0]} NAME")
+    if args[0] == "savepoints":
+        found = savepoints.list_savepoints(settings.processors_dir, args[1])
+        for meta in found:
+            print(savepoints.describe(meta))
+        if not found:
+            console.print(f"no savepoints of {args[1]}")
+        return
+    meta = savepoints.request(settings, open_log(settings), args[1], savepoint_id)
+    console.print(
+        f"savepoint {meta['id']} of {args[1]} taken: {settings.processors_dir / args[1] / 'savepoints' / meta['id']}"
+    )
+    print(meta["id"])
 
 
 @app.command()
@@ -410,138 +471,6 @@ def import_files(
     sys.stdout.write(orjson.dumps(totals_out).decode() + "\n")
 
 
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Argument(help="A name for the key; it becomes the events' `source`.")],
-    role: Annotated[str, typer.Option(help="write (send events), read (query) or admin (both).")] = "write",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the key.")] = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Create a key and print it (it is stored hashed and cannot be shown again)."""
-    with account_store("keys", config, data_dir) as store:
-        key = store.create(name, role)
-    record_cli(settings_from(config, data_dir=data_dir), "key.created", name, {"role": role, "prefix": key[:9]})
-    if quiet:
-        sys.stdout.write(key + "\n")
-    else:
-        sys.stdout.write(f"created {role} key {name!r}:\n{key}\nStore it now: it cannot be shown again.\n")
-
-
-@keys_app.command("list")
-def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """List keys (names, roles, prefixes; never the keys)."""
-    table = RichTable("name", "role", "prefix", "created", "status")
-    with account_store("keys", config, data_dir) as store:
-        for key in store.list():
-            created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_ms / 1000))
-            table.add_row(key.name, key.role, key.prefix + "…", created, "revoked" if key.revoked_ms else "active")
-    Console().print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Revoke a key by name (takes effect within 2 seconds)."""
-    with account_store("keys", config, data_dir) as store:
-        store.revoke(name)
-    record_cli(settings_from(config, data_dir=data_dir), "key.revoked", name)
-    sys.stdout.write(f"revoked {name!r}\n")
-
-
-def _ask_password() -> str:
-    return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
-
-
-@users_app.command("create")
-def users_create(
-    name: Annotated[str, typer.Argument(help="Sign-in name.")],
-    role: Annotated[str, typer.Option(help="admin (everything), analyst (insights, SQL) or viewer (dashboards).")],
-    password: Annotated[
-        str | None, typer.Option(help="At least 10 characters (asked for when not given).", envvar="HEADWATER_PASSWORD")
-    ] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Create a web user (passwords are stored as argon2 hashes)."""
-    password = password if password is not None else _ask_password()
-    with account_store("users", config, data_dir) as store:
-        user = store.create(name, role, password)
-    record_cli(settings_from(config, data_dir=data_dir), "user.created", user.name, {"role": user.role})
-    sys.stdout.write(f"created {user.role} user {user.name!r}\n")
-
-
-@users_app.command("list")
-def users_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """List web users and their roles."""
-    table = RichTable("name", "role")
-    with account_store("users", config, data_dir) as store:
-        for user in store.list():
-            table.add_row(user.name, user.role)
-    Console().print(table)
-
-
-@users_app.command("set-role")
-def users_set_role(
-    name: str,
-    role: Annotated[str, typer.Argument(help="admin, analyst or viewer.")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Give a web user another role (the last admin keeps theirs)."""
-    with account_store("users", config, data_dir) as store:
-        previous = store.set_role(name, role)
-    if previous != role:
-        record_cli(settings_from(config, data_dir=data_dir), "user.role_changed", name, {"from": previous, "to": role})
-    sys.stdout.write(f"{name!r}: {previous} -> {role}\n")
-
-
-@users_app.command("set-password")
-def users_set_password(
-    name: str,
-    password: Annotated[
-        str | None, typer.Option(help="At least 10 characters (asked for when not given).", envvar="HEADWATER_PASSWORD")
-    ] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Set a web user's password and end their sessions."""
-    password = password if password is not None else _ask_password()
-    with account_store("users", config, data_dir) as store:
-        store.set_password(name, password)
-    record_cli(settings_from(config, data_dir=data_dir), "user.password_changed", name)
-    sys.stdout.write(f"password of {name!r} changed; their sessions ended\n")
-
-
-@users_app.command("delete")
-def users_delete(name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Delete a web user and end their sessions."""
-    with account_store("users", config, data_dir) as store:
-        store.delete(name)
-    record_cli(settings_from(config, data_dir=data_dir), "user.deleted", name)
-    sys.stdout.write(f"deleted {name!r}\n")
-
-
-def ensure_first_admin(settings: Settings) -> str | None:
-    """On first run, create user `admin` with a random password; return the password (shown once)."""
-    import secrets
-
-    from headwater.auth.users import UserStore
-
-    store = UserStore(settings.store_uri("users"))
-    try:
-        if store.count():
-            return None
-        password = secrets.token_urlsafe(12)
-        try:
-            store.create("admin", "admin", password)
-        except HeadwaterError:  # another server sharing app_db_uri created it first
-            return None
-        record_cli(settings, "user.created", "admin", {"role": "admin", "by": "first run of up"})
-        return password
-    finally:
-        store.close()
-
-
 @config_app.command("show")
 def config_show(
     config: ConfigOpt = None,
@@ -561,9 +490,21 @@ def config_docs(
         bool,
         typer.Option("--sources", help="The fields of a source table (\\[\\[sources]] in headwater.toml) instead."),
     ] = False,
+    alerts: Annotated[
+        bool,
+        typer.Option("--alerts", help="The fields of a user alert rule (\\[\\[alert_rules]]) instead."),
+    ] = False,
 ) -> None:
     """Print every setting with its default and meaning, as a Markdown table."""
-    sys.stdout.write(source_settings_markdown() if sources else settings_markdown())
+    from headwater.core.alert_settings import AlertRule
+    from headwater.core.source_settings import SourceSettings
+
+    if sources:
+        sys.stdout.write(fields_markdown(SourceSettings, "source field"))
+    elif alerts:
+        sys.stdout.write(fields_markdown(AlertRule, "rule field"))
+    else:
+        sys.stdout.write(settings_markdown())
 
 
 def settings_markdown() -> str:
@@ -575,25 +516,33 @@ def settings_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def source_settings_markdown() -> str:
-    from headwater.core.source_settings import SourceSettings
-
-    lines = ["| source field | default | meaning |", "|---|---|---|"]
-    for name, field in SourceSettings.model_fields.items():
+def fields_markdown(model: type[BaseModel], title: str) -> str:
+    """The fields of a settings table (a source, an alert rule) as Markdown."""
+    lines = [f"| {title} | default | meaning |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
         default = "(required)" if field.is_required() else field.get_default(call_default_factory=True)
         shown = "" if default is None else str(default)
         lines.append(f"| `{name}` | `{shown}` | {field.description} |")
     return "\n".join(lines) + "\n"
 
 
-def _register_commands() -> None:
-    from headwater.cli import audit, plan, privacy, quarantine, sources
+def source_settings_markdown() -> str:
+    from headwater.core.source_settings import SourceSettings
 
+    return fields_markdown(SourceSettings, "source field")
+
+
+def _register_commands() -> None:
+    from headwater.cli import accounts, audit, models, plan, privacy, quarantine, sources, upgrade
+
+    accounts.register(app)
     sources.register(app)
     audit.register(app)
     privacy.register(app)
     plan.register(app)
     quarantine.register(app)
+    upgrade.register(app)
+    models.register(app)
 
 
 _register_commands()

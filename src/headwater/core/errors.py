@@ -80,3 +80,19 @@ class SourceUnavailable(SourceError):
 
 class RecordError(SourceError):
     """One upstream record cannot be decoded or mapped; it goes to quarantine with this reason."""
+
+
+class CheckError(HeadwaterError):
+    """A data check is misdeclared (checks.toml), or cannot be run."""
+
+
+class ModelError(HeadwaterError):
+    """A SQL model is misdeclared (name, header, cycle, unknown table) or its build failed."""
+
+
+class UpgradeError(ConfigError):
+    """A data directory, database or settings file is in a format this version cannot use, or its upgrade failed."""
+
+
+class AlertError(HeadwaterError):
+    """An alert rule or condition is misdeclared (a name that is not unique or not allowed)."""

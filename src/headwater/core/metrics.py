@@ -20,6 +20,12 @@ LAKE_COMMIT_SECONDS = Histogram(
     "headwater_lake_commit_seconds", "Iceberg commit latency",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )  # fmt: skip
+LAKE_LAST_COMMIT = Gauge(
+    "headwater_lake_last_commit_timestamp_seconds",
+    "Unix time of the lake writers' last commit to a table",
+    ["table"],
+    multiprocess_mode="max",
+)
 LAKE_COMMIT_CONFLICTS = Counter(
     "headwater_lake_commit_conflicts", "Iceberg commits retried because another writer committed first", ["table"]
 )
@@ -38,6 +44,8 @@ QUERY_SECONDS = Histogram(
     "Query latency",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+QUERIES_RUNNING = Gauge("headwater_queries_running", "Queries holding a slot", multiprocess_mode="livesum")
+QUERIES_WAITING = Gauge("headwater_queries_waiting", "Queries waiting for a slot", multiprocess_mode="livesum")
 QUERY_ERRORS = Counter("headwater_query_errors", "Queries refused or failed", ["kind"])
 QUERY_FAST_PATH = Counter(
     "headwater_query_fast_answers", "Queries answered from rollups or table metadata instead of the raw data", ["path"]

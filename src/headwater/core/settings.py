@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from headwater.core.alert_settings import AlertRule
 from headwater.core.errors import ConfigError
 from headwater.core.source_settings import SourceSettings
 
@@ -287,6 +289,97 @@ class Settings(BaseSettings):
     )
     query_threads: int = Field(0, ge=0, description="DuckDB threads for queries (0 = number of cores).")
     query_memory_limit: str = Field("4GB", description="DuckDB memory limit for queries.")
+    query_concurrency: int = Field(
+        4, ge=1, le=256, description="Queries (SQL and insights) a server process runs at once; more wait in line."
+    )
+    query_queue: int = Field(
+        16, ge=0, description="Queries that may wait for a slot; beyond it, and after query_queue_wait_s, 429."
+    )
+    query_queue_wait_s: float = Field(
+        10.0, ge=0, description="How long a query waits for a slot before it is refused (429 with Retry-After)."
+    )
+    query_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="Niceness of the threads that run queries (DuckDB's included): the collector in the same "
+        "process and the lake writer are served first when the cores are busy.",
+    )
+    background_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of background work (compaction, deletions, model builds, checks, alerting): the "
+        "OS runs ingestion first when the cores are busy.",
+    )
+
+    # --- operations: SQL models, data checks, alerting
+    models_dir: Path | None = Field(
+        None,
+        description="Directory of SQL models (`name.sql`, one table each) and data checks (`checks.toml`); "
+        "`headwater up` builds them on their schedules (unset: no models).",
+    )
+    models_threads: int = Field(1, ge=1, description="DuckDB threads of one model build or check run.")
+    models_memory_limit: str = Field("1GB", description="DuckDB memory limit of one model build or check run.")
+    models_poll_s: float = Field(
+        30.0, gt=0, description="How often the scheduler looks for due models (cron times, changed inputs)."
+    )
+    alerts_enabled: bool = Field(True, description="Evaluate the built-in and user alert rules inside `up`.")
+    alert_interval_s: float = Field(15.0, gt=0, description="How often alert rules are evaluated.")
+    alert_webhooks: list[str] = Field(
+        default_factory=list,
+        description="URLs that receive a JSON POST when an alert fires and when it resolves (every alert is also "
+        "a log line); env: a JSON list.",
+    )
+    alert_rules: list[AlertRule] = Field(
+        default_factory=list,
+        description="User alert rules on any metric of /metrics (`[[alert_rules]]` tables); their fields: "
+        "`headwater config docs --alerts`.",
+    )
+    alert_for_s: float = Field(
+        60.0, ge=0, description="How long a built-in rule's condition must hold before it fires."
+    )
+    alert_lake_lag_events: int = Field(
+        100_000, ge=1, description="Built-in rule: lake writer lag above this many events and not shrinking."
+    )
+    alert_retention_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Built-in rule: the oldest record a consumer has not read is older than this share of the "
+        "log's retention (Zoom's near miss).",
+    )
+    alert_error_rate: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Built-in rule: share of events refused or quarantined over the last 5 minutes above this.",
+    )
+    alert_source_stalled_s: float = Field(
+        600.0, gt=0, description="Built-in rule: a running source has read nothing for this long while behind."
+    )
+    alert_disk_free_percent: float = Field(
+        10.0, ge=0, le=100, description="Built-in rule: free space of the data directory's disk below this."
+    )
+    alert_disk_budget_mb: int | None = Field(
+        None, ge=1, description="Built-in rule: the data directory grew past this size (unset: free space only)."
+    )
+    freshness_slo_s: float = Field(
+        60.0, gt=0, description="Events should be queryable within this; the built-in freshness rule fires beyond."
+    )
+
+    # --- upgrades
+    config_version: int = Field(
+        1,
+        ge=1,
+        description="Format version of this settings file (`config_version = 1`); a file from a newer Headwater "
+        "is refused with a message rather than misread.",
+    )
+    upgrade_backup: bool = Field(
+        True,
+        description="Copy the databases an upgrade changes to `<data_dir>/backups/<version>/` before migrating "
+        "an older data directory.",
+    )
 
     # --- accounts and saved work
     app_db_uri: str | None = Field(
@@ -424,14 +517,47 @@ class Settings(BaseSettings):
         return out
 
 
+CONFIG_VERSION = 1
+"""Format of the settings file this version reads; a file without `config_version` is version 1."""
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings from the config file, the environment, then explicit overrides (CLI flags)."""
+    """Build settings from the config file, the environment, then explicit overrides (CLI flags).
+
+    A file written for a newer Headwater (`config_version` above CONFIG_VERSION) is refused before its fields are
+    read, so that a renamed or new setting is reported as what it is rather than as an unknown field."""
     path = config or Path(os.environ.get("HEADWATER_CONFIG", "headwater.toml"))
     if config is not None and not config.exists():
         raise ConfigError(f"config file {config} does not exist")
     Settings.config_file = path
+    _check_config_version(path, overrides.get("config_version") or os.environ.get("HEADWATER_CONFIG_VERSION"))
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**clean)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def _check_config_version(path: Path, override: Any) -> None:
+    """Refuse settings of a newer format (file, HEADWATER_CONFIG_VERSION or a flag)."""
+    where, found = "HEADWATER_CONFIG_VERSION / the flags", override
+    if found is None and path.is_file():
+        try:
+            document = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        where, found = f"config file {path}", document.get("config_version")
+    if found is None:
+        return
+    try:
+        version = int(found)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: config_version = {found!r} is not a whole number") from None
+    if version > CONFIG_VERSION:
+        from headwater import __version__
+
+        raise ConfigError(
+            f"{where} has config_version = {version}: it was written for a newer Headwater; this is Headwater "
+            f"{__version__}, which reads settings up to config_version = {CONFIG_VERSION}. Run the Headwater that "
+            "wrote it, or rewrite the file for this version (`headwater config docs` lists its settings)."
+        )

@@ -124,6 +124,9 @@ class ClaimStore:
             return conn.execute(sa.delete(CLAIMS).where(CLAIMS.c.claimed_ms < cutoff)).rowcount or 0
 
 
+OPS_LEASE = "ops"  # held by the acting ops worker (models, checks, alerts, table maintenance)
+
+
 class Lease:
     """A named lease: `acquire()` takes or renews it for `ttl_s`; one holder at a time."""
 
@@ -151,3 +154,12 @@ class Lease:
     def release(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(LEASES).where(LEASES.c.name == self.name).where(LEASES.c.holder == self.holder))
+
+    def held_elsewhere(self) -> bool:
+        """Whether another holder has the lease now (not expired)."""
+        now = int(time.time() * 1000)
+        with self.engine.connect() as conn:
+            holder = conn.execute(
+                sa.select(LEASES.c.holder).where(LEASES.c.name == self.name).where(LEASES.c.expires_ms >= now)
+            ).scalar()
+        return holder is not None and holder != self.holder

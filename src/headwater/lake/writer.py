@@ -40,7 +40,7 @@ from headwater.core.events import RowBuilder, message_id_of
 from headwater.core.settings import Settings
 from headwater.core.stages import BatchStage, StageBatch, stored_columns
 from headwater.lake.columns import add_missing_columns, quarantine_rows
-from headwater.lake.coordination import ClaimStore, Lease, open_engine
+from headwater.lake.coordination import OPS_LEASE, ClaimStore, Lease, open_engine
 from headwater.lake.layout import file_writers
 from headwater.lake.maintenance import Maintenance
 from headwater.lake.retention import record_late
@@ -81,6 +81,7 @@ class LakeWriter:
         self.maintenance = Maintenance(
             settings, self.tables, self.files, Lease(engine, "maintenance", holder, lease_s), self.claims
         )
+        self.ops_lease = Lease(engine, OPS_LEASE, holder, lease_s)  # only read: is an ops worker doing maintenance?
         self.table_offsets: dict[str, dict[int, int]] = {}
         self.commits = 0
         self.generation = -1
@@ -261,6 +262,7 @@ class LakeWriter:
             metrics.LAKE_COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.LAKE_COMMITS.labels(name).inc()
             metrics.LAKE_ROWS.labels(name).inc(rows.num_rows)
+            metrics.LAKE_LAST_COMMIT.labels(name).set(time.time())
             if name == "events":
                 record_late(rows, self.settings.lateness_bound_hours)
             self.table_offsets[name] = merged
@@ -327,7 +329,10 @@ class LakeWriter:
             self.flush()
 
     def run_maintenance(self) -> None:
+        """Table maintenance here, unless an ops worker (niced, its own process) is alive to do it."""
         try:
+            if self.ops_lease.held_elsewhere():
+                return
             self.maintenance.run()
         except CommitFailedException:
             log.info("table maintenance lost a race with a commit; it runs again next round")

@@ -282,10 +282,14 @@ class Deleter:
         """Processors apply the erasure to their state: running ones themselves (they acknowledge on the
         board), stopped ones here; waits up to privacy_wait_consumers_s for the running ones."""
         from headwater.processing.erasure import consumer_name, erase_stopped_processors
+        from headwater.processing.savepoints import erase_savepoints
 
         seq = self._seq(request)
         self.board.mark_ready(seq)
         erasure = Erasure(seq, request.id, self._ids(request))
+        saved = erase_savepoints(self.settings, erasure)  # savepoints hold state too (personal data)
+        if saved["files"]:
+            request.progress["savepoint_files_erased"] = saved["files"]
         deadline = time.monotonic() + self.settings.privacy_wait_consumers_s
         while True:
             found = erase_stopped_processors(self.settings, erasure, self.board)

@@ -29,6 +29,7 @@ from headwater.processing.nodes import Node, Push
 
 if TYPE_CHECKING:
     from headwater.processing.joins import ReferenceTable
+    from headwater.processing.state import StateKey
     from headwater.processing.task import Context, Task, Timer
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -56,19 +57,65 @@ def _check_name(kind: str, name: str) -> str:
     return name
 
 
-class Pipeline:
-    """One processor: a name, one input stream, the operators on it, and reference tables."""
+Migration = Callable[[int, "StateKey", Any], Any]
+"""migrate_state(from_version, key, value) -> the value to keep (None deletes the entry)."""
 
-    def __init__(self, name: str, *, description: str = "", on_error: Literal["dead-letter", "stop"] = "dead-letter"):
+
+class Pipeline:
+    """One processor: a name, one input stream, the operators on it, and reference tables.
+
+    `state_version` (default 1) is the version of the state this code reads and writes; the state
+    file records the version it was written with. `migrate_state(from_version, key, value)` turns an
+    entry of an older version into this one (see `processing.savepoints`)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        on_error: Literal["dead-letter", "stop"] = "dead-letter",
+        state_version: int = 1,
+        migrate_state: Migration | None = None,
+    ):
         self.name = _check_name("processor", name)
         self.description = description
         self.on_error = on_error
+        self.parent: Pipeline | None = None
+        """The pipeline a repartition stage belongs to (None: a pipeline of its own)."""
+        self._state_version = _check_version(state_version)
+        self._migrate_state = migrate_state
         self.root: Stream | None = None
         self.input = ""
         self.tables: dict[str, ReferenceTable] = {}
         self.stages: list[Pipeline] = []
         """Pipelines that read this one's repartition streams (run and tested with it)."""
         self._ids = 0
+
+    @property
+    def state_version(self) -> int:
+        """Version of this pipeline's state (a stage has its pipeline's)."""
+        return self.parent.state_version if self.parent is not None else self._state_version
+
+    @state_version.setter
+    def state_version(self, version: int) -> None:
+        self._state_version = _check_version(version)
+
+    @property
+    def migrate_state(self) -> Migration | None:
+        return self.parent.migrate_state if self.parent is not None else self._migrate_state
+
+    @migrate_state.setter
+    def migrate_state(self, fn: Migration | None) -> None:
+        self._migrate_state = fn
+
+    def migration(self, fn: Migration) -> Migration:
+        """Decorator form of `migrate_state=`."""
+        self._migrate_state = fn
+        return fn
+
+    def root_pipeline(self) -> Pipeline:
+        """The pipeline this one is a stage of (itself when it is not a stage)."""
+        return self if self.parent is None else self.parent.root_pipeline()
 
     def source(self, stream: str = "events") -> Stream:
         """The stream this processor reads: `events`, another processor's output, or a source's."""
@@ -109,6 +156,12 @@ class Pipeline:
             if isinstance(node, Output):
                 found[node.kind].append(node.name)
         return found
+
+
+def _check_version(version: int) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ProcessingError(f"state_version {version!r}: use a whole number from 1")
+    return version
 
 
 class Stream(Node):
@@ -175,6 +228,7 @@ class Stream(Node):
         name = f"{self.pipeline.name}--r{self.pipeline._ids}"
         stream.children.append(Output("streams", name))
         stage = Pipeline(name, description=f"stage of {self.pipeline.name}", on_error=self.pipeline.on_error)
+        stage.parent = self.pipeline
         self.pipeline.stages.append(stage)
         return stage.source(name)
 

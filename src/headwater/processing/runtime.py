@@ -42,6 +42,7 @@ from headwater.core import metrics
 from headwater.core.errors import LogError, ProcessingError
 from headwater.core.settings import Settings
 from headwater.log.base import Consumer, EventLog, OutputRecord, Record
+from headwater.processing import savepoints
 from headwater.processing.api import Pipeline
 from headwater.processing.erasure import ProcessorErasures
 from headwater.processing.records import Decoded, EventDecoder, decode_outputs, to_millis
@@ -59,6 +60,8 @@ def parse_start(start: str) -> str | dict[int, int] | int:
     'lake' or 'lake:ISO time' first reads the events table (see `replay`)."""
     if start in ("earliest", "latest"):
         return start
+    if start.startswith(savepoints.PREFIX):
+        return f"{savepoints.PREFIX}{savepoints.parse(start)}"
     if ":" in start and all(part.count(":") == 1 and part.replace(":", "").isdigit() for part in start.split(",")):
         return {int(p): int(o) for p, o in (part.split(":") for part in start.split(","))}
     try:
@@ -144,6 +147,14 @@ class ProcessorRunner:
         # held shared while running: erase_stopped_processors leaves a file in use to this process
         self._state_lock = StateLock(self.manifest.state_path(self.run_id))
         self._state_lock.acquire()
+        same_run = previous is not None and previous.get("run") == self.run_id
+        restored: dict[str, Any] | None = None
+        savepoint = savepoints.parse(start)
+        if savepoint is not None:  # a new run whose state file is the savepoint's copy
+            restored = savepoints.seed(state_dir, pipeline, savepoint, self.manifest.state_path(self.run_id), event_log)
+            start = "earliest"
+        elif same_run and previous:
+            restored = previous.get("restored")  # a restart of a restored run keeps what it skips
         self.state = StateStore(self.manifest.state_path(self.run_id))
         self.erasures = ProcessorErasures(pipeline.name, settings.effective_catalog_uri) if settings else None
         lake, where = split_lake(start)
@@ -156,20 +167,30 @@ class ProcessorRunner:
             self.lake_plan = plan(settings, event_log, where if isinstance(where, int) else None)
         self._settings = settings
         self.min_event_time = where if isinstance(where, int) else None
-        same_run = previous is not None and previous.get("run") == self.run_id
         if same_run and previous and self.min_event_time is None:
             self.min_event_time = previous.get("min_event_time")  # a restart keeps the run's --from time
+        if savepoint is not None and restored is not None:
+            where = {int(p): int(o) for p, o in restored["positions"].items()}
+            self.lake_plan, self.min_event_time = restored["lake"], restored["min_event_time"]
+        self.superseded = savepoints.Superseded(restored["skip"]) if restored and restored.get("skip") else None
+        self.consumer: Consumer = self.input_log.consumer(group_name(pipeline.name, self.run_id))
+        self.checkpointer = event_log.checkpointer(f"{pipeline.name}.{self.run_id}", self.consumer)
+        try:
+            self.state_version = savepoints.ensure_state_version(
+                self.state, pipeline, self.run_id, state_dir, self.checkpointer.changelog
+            )
+        except BaseException:
+            self.close()
+            raise
         self.manifest.write(
             {
                 "lake": self.lake_plan, "min_event_time": self.min_event_time,
                 "processor": pipeline.name, "description": pipeline.description, "run": self.run_id,
                 "input": pipeline.input, "partitions": self.input_log.partitions, "outputs": pipeline.outputs(),
-                "started_at": int(time.time() * 1000),
+                "started_at": int(time.time() * 1000), "state_version": self.state_version, "restored": restored,
                 "previous_run": (previous.get("previous_run") if same_run else previous["run"]) if previous else None,
             }
         )  # fmt: skip
-        self.consumer: Consumer = self.input_log.consumer(group_name(pipeline.name, self.run_id))
-        self.checkpointer = event_log.checkpointer(f"{pipeline.name}.{self.run_id}", self.consumer)
         self.start_from: dict[int, int] = where if isinstance(where, dict) else {}
         if where == "latest":
             admin = self.input_log.admin()
@@ -281,7 +302,8 @@ class ProcessorRunner:
             if task is None:
                 continue
             floor = self.min_event_time
-            for key, value, ts, offset in self._decode(batch):
+            kept = self.superseded.keep(partition, batch) if self.superseded is not None else batch
+            for key, value, ts, offset in self._decode(kept) if kept else ():
                 if floor is None or ts >= floor:
                     task.process(key, value, ts, offset)
             task.next_offset = max(task.next_offset, batch[-1].offset + 1)

@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -34,12 +34,37 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL, stream_time INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL, changelog_offset INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _MISSING = object()
 _EVENT_TIME = struct.Struct("<q")
 NO_TIME = -(1 << 62)
 NO_OFFSET = -(1 << 62)
 """No checkpoint yet (offsets may be negative: rows replayed from the lake come before the log's)."""
+
+
+STATE_VERSION = "state_version"
+"""`meta` row: the pipeline's `state_version` the file's entries were written with."""
+MIGRATE_BATCH = 2000
+
+
+class StateKey(NamedTuple):
+    """What `migrate_state` gets as `key`: the operator's store (`process1`, `window2`, `join3.left`,
+    `process1.timers`...), the key in it (for `process()` state: the record's key), the `ctx.state`
+    name (None in other stores), the input partition and the processor (a repartition stage has its own)."""
+
+    store: str
+    key: Any
+    name: Any
+    partition: int
+    processor: str = ""
+
+
+def state_key(store: str, raw_key: Any, partition: int) -> StateKey:
+    """`process<n>` stores hold (record key, state name) pairs: split them; others keep their key whole."""
+    if store.startswith("process") and store[7:].isdigit() and isinstance(raw_key, tuple) and len(raw_key) == 2:
+        return StateKey(store, raw_key[0], raw_key[1], partition)
+    return StateKey(store, raw_key, None, partition)
 
 
 def connect(path: Path, *, writer: bool) -> sqlite3.Connection:
@@ -208,6 +233,81 @@ class StateStore:
 
     def key_value(self, partition: int, name: str) -> KeyValue:
         return KeyValue(self._conn, partition, name)
+
+    # -- the state version ------------------------------------------------------------------------
+    def state_version(self) -> int | None:
+        """The version recorded; a file from before versions that holds anything is version 1; None: empty."""
+        if self._conn is None:
+            return None
+        row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (STATE_VERSION,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        held = self._conn.execute("SELECT 1 FROM kv UNION ALL SELECT 1 FROM checkpoints LIMIT 1").fetchone()
+        return 1 if held else None
+
+    def set_state_version(self, version: int) -> None:
+        if self._conn is not None:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (STATE_VERSION, str(version)))
+
+    def migrate(
+        self,
+        to_version: int,
+        fn: Callable[[int, StateKey, Any], Any],
+        skip_stores: frozenset[str] = frozenset(),
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[int, int] | None:
+        """Rewrite every entry with fn(from_version, key, value) and record `to_version`, in one transaction
+        (kill -9 midway leaves the file as it was: the next start migrates again). Returns (from version,
+        entries seen), or None when another process migrated it first."""
+        assert self._conn is not None
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = self.state_version()
+            if found is None or found == to_version:
+                conn.execute("ROLLBACK")
+                return None
+            seen, last = 0, (-(1 << 62), "", b"")
+            while True:
+                rows = conn.execute(
+                    "SELECT partition, store, key, value FROM kv WHERE (partition, store, key) > (?, ?, ?) "
+                    "ORDER BY partition, store, key LIMIT ?",
+                    (*last, MIGRATE_BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                last = rows[-1][:3]
+                puts, deletes = [], []
+                for partition, store, raw_key, raw_value in rows:
+                    if store in skip_stores:
+                        continue
+                    new = fn(found, state_key(store, pickle.loads(raw_key), partition), pickle.loads(raw_value))
+                    if new is None:
+                        deletes.append((partition, store, raw_key))
+                    else:
+                        puts.append((pickle.dumps(new, 5), partition, store, raw_key))
+                conn.executemany("UPDATE kv SET value = ? WHERE partition = ? AND store = ? AND key = ?", puts)
+                conn.executemany("DELETE FROM kv WHERE partition = ? AND store = ? AND key = ?", deletes)
+                seen += len(rows)
+                if progress is not None:
+                    progress(seen)
+            self.set_state_version(to_version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return found, seen
+
+    def backup_to(self, target: Path) -> None:
+        """A consistent copy of the file (SQLite's online backup), synced to disk."""
+        assert self._conn is not None
+        dest = sqlite3.connect(target)
+        try:
+            self._conn.backup(dest)
+        finally:
+            dest.close()
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())
 
     def checkpoint_of(self, partition: int) -> tuple[int, int] | None:
         """(next input offset, stream time) last committed for `partition`, or None."""

@@ -17,6 +17,7 @@ from headwater.core.errors import ProcessingError
 from headwater.core.loading import load_named
 from headwater.core.settings import Settings
 from headwater.log.base import EventLog
+from headwater.processing import savepoints
 from headwater.processing.api import Output, Pipeline
 from headwater.processing.runtime import ProcessorRunner
 from headwater.processing.task import output_stream
@@ -56,9 +57,13 @@ class ProcessorWorker:
         if len(set(names)) != len(names):
             raise ProcessingError(f"two processors share a name: {sorted(names)}")
         self.runners = []
+        starts = {p.name: self._read_request(settings.processors_dir / p.name / "replay.json") for p in pipelines}
+        for p in pipelines:  # a pipeline started from a savepoint: its stages too
+            if p.parent is None and (starts[p.name] or "").startswith(savepoints.PREFIX):
+                starts.update({stage.name: starts[p.name] for stage in p.all()})
         for p in pipelines:
             request = settings.processors_dir / p.name / "replay.json"
-            start = self._read_request(request)
+            start = starts[p.name]
             self.runners.append(
                 ProcessorRunner(
                     p, event_log, settings.processors_dir, new_run=start is not None, start=start or "earliest",
@@ -156,31 +161,64 @@ class ProcessorWorker:
         return runner_stop
 
     def run(self, stop: threading.Event) -> None:
-        """Run until `stop`; a `replay.json` in a processor's folder restarts it as a new run."""
+        """Run until `stop`; a `replay.json` in a processor's folder restarts it as a new run, a
+        `savepoint-request.json` pauses its pipeline (stages too) at a checkpoint for a savepoint."""
         self._table_writers(stop)
         self._sinks(stop)
         self._runner_threads: dict[int, threading.Thread] = {}
-        stops = {i: self._start_runner(i, stop) for i in range(len(self.runners))}
+        self._stops = {i: self._start_runner(i, stop) for i in range(len(self.runners))}
         while not stop.wait(1.0):
             for index, runner in enumerate(self.runners):
+                if runner.pipeline.parent is None:
+                    sp_id = savepoints.read_request(self.settings.processors_dir, runner.pipeline.name)
+                    if sp_id is not None and savepoints.claim(self.settings.processors_dir, runner.pipeline.name):
+                        self._savepoint(index, sp_id, stop)
                 request = runner.manifest.folder / "replay.json"
                 start = self._read_request(request)
                 if start is None:
                     continue
                 log.info("processor %s: replay from %s into a new run", runner.pipeline.name, start)
-                stops[index].set()
-                self._runner_threads[index].join()
-                self.runners[index] = ProcessorRunner(
-                    runner.pipeline, self.event_log, self.settings.processors_dir, new_run=True, start=start,
-                    settings=self.settings,
-                    checkpoint_interval_ms=self.settings.processor_checkpoint_ms,
-                    max_batch=self.settings.processor_max_batch,
-                )  # fmt: skip
+                group = self._group(index) if start.startswith(savepoints.PREFIX) else [index]
+                self._restart(group, stop, new_run=True, start=start)
                 request.unlink(missing_ok=True)  # only once the new run's manifest is written
-                stops[index] = self._start_runner(index, stop)
-        for event in stops.values():
+        for event in self._stops.values():
             event.set()
         for thread in self._threads:
             thread.join(timeout=30)
         if self.failures:
             raise ProcessingError("; ".join(self.failures))
+
+    def _group(self, index: int) -> list[int]:
+        """Runner indexes of the pipeline at `index` and its repartition stages (upstream first)."""
+        names = {p.name for p in self.runners[index].pipeline.all()}
+        return [i for i, r in enumerate(self.runners) if r.pipeline.name in names]
+
+    def _restart(self, group: list[int], stop: threading.Event, *, new_run: bool, start: str) -> None:
+        """Stop the runners of `group` (each checkpoints and closes), then start them again in order."""
+        for index in group:
+            self._stops[index].set()
+        for index in group:
+            self._runner_threads[index].join()
+        for index in group:
+            runner = self.runners[index]
+            self.runners[index] = ProcessorRunner(
+                runner.pipeline, self.event_log, self.settings.processors_dir, new_run=new_run, start=start,
+                settings=self.settings,
+                checkpoint_interval_ms=self.settings.processor_checkpoint_ms,
+                max_batch=self.settings.processor_max_batch,
+            )  # fmt: skip
+        for index in group:
+            self._stops[index] = self._start_runner(index, stop)
+
+    def _savepoint(self, index: int, sp_id: str, stop: threading.Event) -> None:
+        group = self._group(index)
+        name = self.runners[index].pipeline.name
+        log.info("processor %s: taking savepoint %s", name, sp_id)
+        for i in group:
+            self._stops[i].set()
+        for i in group:
+            self._runner_threads[i].join()
+        try:
+            savepoints.answer_request(self.settings, self.event_log, name, sp_id)
+        finally:
+            self._restart(group, stop, new_run=False, start="earliest")

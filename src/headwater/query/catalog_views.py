@@ -63,6 +63,68 @@ CATALOG_VIEWS: dict[str, sa.Select[Any] | str] = {
             sa.column("last_seen", sa.DateTime),
         )
     ),
+    # data-check results (headwater.models.checks); `check` and `table` renamed: reserved words in DuckDB
+    "check_results": sa.select(
+        (
+            results := sa.table(
+                "headwater_check_results",
+                sa.column("run_id", sa.String),
+                sa.column("check", sa.String),
+                sa.column("table", sa.String),
+                sa.column("kind", sa.String),
+                sa.column("severity", sa.String),
+                sa.column("status", sa.String),
+                sa.column("failing", sa.BigInteger),
+                sa.column("detail", sa.Text),
+                sa.column("started_at", sa.DateTime),
+                sa.column("duration_s", sa.Float),
+            )
+        ).c.run_id,
+        results.c["check"].label("check_name"),
+        results.c["table"].label("table_name"),
+        results.c.kind,
+        results.c.severity,
+        results.c.status,
+        results.c.failing,
+        results.c.detail,
+        results.c.started_at,
+        results.c.duration_s,
+    ),
+    # SQL model builds (headwater.models.runs)
+    "model_runs": sa.select(
+        sa.table(
+            "headwater_model_runs",
+            sa.column("run_id", sa.Integer),
+            sa.column("model", sa.String),
+            sa.column("trigger", sa.String),
+            sa.column("started_at", sa.DateTime),
+            sa.column("finished_at", sa.DateTime),
+            sa.column("status", sa.String),
+            sa.column("rows", sa.BigInteger),
+            sa.column("duration_s", sa.Float),
+            sa.column("error", sa.Text),
+            sa.column("snapshot_id", sa.BigInteger),
+        )
+    ),
+    # alert transitions (headwater.alerts); times in unix seconds; webhook URLs left out (they may hold tokens)
+    "alert_history": sa.select(
+        sa.table(
+            "headwater_alert_history",
+            sa.column("id", sa.Integer),
+            sa.column("at", sa.Float),
+            sa.column("rule", sa.String),
+            sa.column("labels", sa.Text),
+            sa.column("state", sa.String),
+            sa.column("severity", sa.String),
+            sa.column("summary", sa.Text),
+            sa.column("value", sa.Float),
+            sa.column("since", sa.Float),
+            sa.column("silenced", sa.Boolean),
+            sa.column("delivery", sa.String),
+            sa.column("attempts", sa.Integer),
+            sa.column("delivered_at", sa.Float),
+        )
+    ),
 }
 """View name -> its rows, a SELECT on the catalog's database. Other packages add theirs here (before a
 QueryEngine starts); a typed select needs no import of the table's owner, e.g.

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import duckdb
+import pyarrow as pa
 import sqlalchemy as sa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
@@ -285,6 +286,29 @@ class QueryEngine:
         result.elapsed_ms = (time.perf_counter() - started) * 1000
         metrics.QUERY_SECONDS.observe(result.elapsed_ms / 1000)
         return result
+
+    def arrow(self, sql: str, timeout_s: float | None = None) -> pa.Table:
+        """The whole answer of one SELECT as an Arrow table (model builds and data checks; no row limit)."""
+        self.check(sql)
+        self._refresh_or_refuse()
+        persons = bool(self._side_call(self.catalog_views.prepare, sql))
+        cursor = self._db.cursor()
+        if persons:
+            cursor.execute(f"SET search_path = '{PERSON_SCHEMA},main'")
+        timeout = timeout_s or self.settings.query_timeout_s
+        timer = threading.Timer(timeout, cursor.interrupt)
+        timer.start()
+        try:
+            return cursor.execute(sql).to_arrow_table()
+        except duckdb.InterruptException:
+            raise QueryError(f"query cancelled after the {timeout:g} s time limit", 408) from None
+        except duckdb.PermissionException as exc:
+            raise QueryError(f"not allowed: {_clean(exc)}", 403) from None
+        except duckdb.Error as exc:
+            raise QueryError(_clean(exc)) from None
+        finally:
+            timer.cancel()
+            cursor.close()
 
     def _events_snapshot(self) -> tuple[list[FileScanTask], str]:
         """The files the `events` view reads and the table version they belong to."""

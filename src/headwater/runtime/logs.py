@@ -31,7 +31,7 @@ def setup_logging(level: str, json_logs: bool, component: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pyiceberg", "uvicorn.access"):
+    for noisy in ("pyiceberg", "uvicorn.access", "httpx", "httpcore"):  # httpx: every scrape of the alerts
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pika logs a traceback at ERROR for every failed reconnect; the source reports the reason itself
     logging.getLogger("pika").setLevel(logging.CRITICAL)

@@ -19,6 +19,7 @@ from headwater.core.settings import Settings
 from headwater.log import open_log
 from headwater.runtime.lifecycle import die_with_parent
 from headwater.runtime.logs import setup_logging
+from headwater.upgrade import prepare
 
 log = logging.getLogger(__name__)
 SOURCE_RETRY_S = 30
@@ -34,6 +35,7 @@ def serve(settings: Settings, port_file: Path | None = None) -> None:
     setup_logging(settings.log_level, settings.json_logs, "server")
     if os.environ.get("HEADWATER_SUPERVISED") == "1":
         die_with_parent()
+    prepare(settings)
     sock = _bind(settings.host, settings.port)
     audit_settings(settings)
     if port_file is not None:
@@ -155,6 +157,7 @@ def _start_worker(settings: Settings, component: str) -> threading.Event:
     setup_logging(settings.log_level, settings.json_logs, component)
     if os.environ.get("HEADWATER_SUPERVISED") == "1":
         die_with_parent()
+    prepare(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -200,22 +203,47 @@ def request_replay(settings: Settings, name: str, start: str) -> Path:
     return path
 
 
-def run_processors(settings: Settings, specs: list[str], replay: str | None = None, start: str = "earliest") -> None:
-    """Run the pipelines named by `specs` until SIGTERM/SIGINT, then checkpoint and stop."""
+def run_processors(
+    settings: Settings,
+    specs: list[str],
+    replay: str | None = None,
+    start: str = "earliest",
+    from_savepoint: str | None = None,
+    reset_state: bool = False,
+) -> None:
+    """Run the pipelines named by `specs` until SIGTERM/SIGINT, then checkpoint and stop.
+
+    `replay`: that processor starts a new run from `start`; `reset_state`: every pipeline given does (its
+    repartition stages from the end of their input); `from_savepoint`: the pipeline holding that savepoint
+    and its stages start a new run from it (`processing.savepoints`)."""
+    from headwater.processing import savepoints
+    from headwater.processing.runtime import Manifest
     from headwater.processing.worker import ProcessorWorker, load_pipelines
 
     stop = _start_worker(settings, "process")
     if not specs:
         raise ConfigError("no processors: name them (headwater process file.py:pipeline) or set `processors`")
     pipelines = [p for spec in specs for p in load_pipelines(spec)]
+    requests: dict[str, str] = {}
     if replay is not None:
-        from headwater.processing.runtime import Manifest
-
         if replay not in {p.name for p in pipelines}:
             raise ConfigError(f"--replay {replay}: not among the processors given ({[p.name for p in pipelines]})")
-        manifest = Manifest(settings.processors_dir, replay)
+        requests[replay] = start
+    if reset_state:
+        for p in pipelines:
+            requests.setdefault(p.name, start if p.parent is None else "latest")
+    if from_savepoint is not None:
+        tops = [p for p in pipelines if p.parent is None]
+        holders = [p for p in tops if (savepoints.folder(settings.processors_dir, p.name) / from_savepoint).is_dir()]
+        if len(holders) != 1:
+            where = ", ".join(p.name for p in holders) or "none of " + ", ".join(p.name for p in tops)
+            raise ConfigError(f"--from-savepoint {from_savepoint}: held by {where}; name one pipeline")
+        savepoints.read(settings.processors_dir, holders[0].name, from_savepoint)  # complete, or a clear error
+        requests.update({stage.name: f"{savepoints.PREFIX}{from_savepoint}" for stage in holders[0].all()})
+    for name, where in requests.items():
+        manifest = Manifest(settings.processors_dir, name)
         manifest.folder.mkdir(parents=True, exist_ok=True)
-        (manifest.folder / "replay.json").write_text(orjson.dumps({"from": start}).decode())
+        (manifest.folder / "replay.json").write_text(orjson.dumps({"from": where}).decode())
     worker = ProcessorWorker(settings, open_log(settings), pipelines)
     log.info("running %d processor(s): %s", len(pipelines), ", ".join(p.name for p in pipelines))
     worker.run(stop)
@@ -250,11 +278,25 @@ def run_source(settings: Settings, name: str) -> None:
 def run_privacy_worker(settings: Settings) -> None:
     """Carry out deletion requests until SIGTERM/SIGINT (a request stopped midway resumes at the next start)."""
     from headwater.privacy.worker import PrivacyWorker
+    from headwater.runtime.ops import lower_priority
 
     stop = _start_worker(settings, "privacy")
+    lower_priority(settings)  # deletions rewrite files: never ahead of ingestion
     worker = PrivacyWorker(settings)
     log.info("privacy worker started")
     try:
         worker.run(stop)
     finally:
         worker.close()
+
+
+def run_ops(settings: Settings) -> None:
+    """Build SQL models, run data checks and evaluate alert rules until SIGTERM/SIGINT (niced)."""
+    from headwater.runtime.ops import OpsLoop, lower_priority
+
+    stop = _start_worker(settings, "ops")
+    lower_priority(settings)
+    loop = OpsLoop(settings)
+    log.info("ops worker started: %s", ", ".join(name for name, _, _ in loop.jobs) or "nothing to do")
+    loop.run(stop)
+    log.info("ops worker stopped")

@@ -58,6 +58,8 @@ class Supervisor:
         self.port_file.unlink(missing_ok=True)
         self._start("writer")
         self._start("privacy")
+        if self.settings.models_dir is not None or self.settings.alerts_enabled:
+            self._start("ops")
         if self.settings.processors:
             self._start("process")
         for source in self.settings.sources:
@@ -90,7 +92,8 @@ class Supervisor:
         for name in sources:  # every source at once: each lands what it read, then stops
             if self.procs[name].poll() is None:
                 self.procs[name].send_signal(signal.SIGTERM)
-        for name in [*sources, "server", "privacy", "process", "writer"]:  # intake first, then checkpoint, then drain
+        # intake first, then background work, then checkpoint, then drain
+        for name in [*sources, "server", "ops", "privacy", "process", "writer"]:
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue

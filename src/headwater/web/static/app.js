@@ -1,6 +1,8 @@
 // Headwater web app: a small single-page app over the JSON API (no build step).
 import { auditPage } from "./audit.js";
 import { planPage } from "./plan.js";
+import { modelsPage } from "./models.js";
+import { alertsPage } from "./alerts.js";
 import { privacyPage } from "./privacy.js";
 import { processorsPage, streamLive } from "./processors.js";
 import { sourcesPage } from "./sources.js";
@@ -456,6 +458,8 @@ async function route() {
     else if (page === "audit") await auditPage(helpers);
     else if (page === "privacy") await privacyPage(helpers);
     else if (page === "plan") await planPage(helpers);
+    else if (page === "models") await modelsPage(helpers);
+    else if (page === "alerts") await alertsPage(helpers);
     else if (page === "live" && arg) streamLive(helpers, decodeURIComponent(arg));
     else live();
   } catch (err) { view.replaceChildren(h("div", { class: "card error" }, err.message)); }
