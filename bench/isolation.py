@@ -1,4 +1,5 @@
-"""Workload isolation: freshness and /track latency under steady ingest, alone and while a compaction, a deletion
+"""Workload isolation: freshness (event -> in the lake; and -> answered by /api/query, which waits for a query
+slot) and /track latency under steady ingest, alone and while a compaction, a deletion
 and 8 heavy queries run at once (issue #13: freshness p95 <= 2 s).
 
 History is imported first (so the queries and the deletion have real work), then `headwater up` runs with its
@@ -25,7 +26,11 @@ from bench.queries import generate as generate_history
 from bench.queries import import_files
 from headwater.core.settings import Settings
 from headwater.loadgen.generate import GenerateOptions, generate
+from headwater.query.engine import QueryEngine
 
+UNISOLATED = {  # no ops worker (no alerts, no models): the writer runs maintenance between its flushes
+    "query_concurrency": 256, "query_nice": 0, "background_nice": 0, "alerts_enabled": "false",
+}  # fmt: skip
 HEAVY = [
     "SELECT user_id, count(*) AS n, count(DISTINCT event) AS kinds, min(timestamp), max(timestamp) "
     "FROM events GROUP BY user_id ORDER BY n DESC LIMIT 20",
@@ -40,18 +45,23 @@ def quantile(values: list[float], q: int) -> float:
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 4) if len(values) > 2 else float("nan")
 
 
-def freshness_sample(client: httpx.Client, url: str, keys: dict[str, str]) -> float:
+def freshness_sample(client: httpx.Client, url: str, keys: dict[str, str], lake: QueryEngine) -> tuple[float, float]:
+    """(seconds until the event is in the lake, seconds until /api/query answers with it): the second includes
+    the wait for a query slot behind the heavy queries."""
     user = uuid.uuid4().hex
     started = time.monotonic()
     response = client.post(url + "/track", content=f'{{"event":"PING","userId":"{user}"}}',
                            headers={"x-api-key": keys["write"]})  # fmt: skip
     assert response.status_code == 200, response.text
-    query = {"sql": f"SELECT count(*) FROM events WHERE user_id = '{user}'"}
+    sql = f"SELECT count(*) FROM events WHERE user_id = '{user}'"
+    while not lake.execute(sql).rows[0][0]:
+        time.sleep(0.02)
+    landed = time.monotonic() - started
     headers = {"authorization": f"Bearer {keys['read']}"}
     while True:
-        answer = client.post(url + "/api/query", json=query, headers=headers)
+        answer = client.post(url + "/api/query", json={"sql": sql}, headers=headers)
         if answer.status_code == 200 and answer.json()["rows"][0][0]:
-            return time.monotonic() - started
+            return landed, time.monotonic() - started
         time.sleep(0.02)
 
 
@@ -98,16 +108,20 @@ class HeavyQueries(threading.Thread):
                 n += 1
 
 
-def phase(running: RunningHeadwater, keys: dict[str, str], samples: int) -> dict[str, Any]:
+def phase(running: RunningHeadwater, keys: dict[str, str], samples: int, lake: QueryEngine) -> dict[str, Any]:
     probe = Probe(running.url, keys["write"])
     probe.start()
     with httpx.Client(timeout=60) as client:
-        fresh = sorted(freshness_sample(client, running.url, keys) for _ in range(samples))
+        pairs = [freshness_sample(client, running.url, keys, lake) for _ in range(samples)]
     probe.stop.set()
     probe.join(10)
+    fresh = sorted(p[0] for p in pairs)
+    answered = sorted(p[1] for p in pairs)
     return {
         "freshness_p50_s": round(statistics.median(fresh), 3), "freshness_p95_s": quantile(fresh, 95),
-        "freshness_max_s": round(fresh[-1], 3), "track_p50_ms": round(quantile(probe.latencies, 50) * 1000, 1),
+        "freshness_max_s": round(fresh[-1], 3),
+        "answered_p50_s": round(statistics.median(answered), 3), "answered_p95_s": quantile(answered, 95),
+        "track_p50_ms": round(quantile(probe.latencies, 50) * 1000, 1),
         "track_p99_ms": round(quantile(probe.latencies, 99) * 1000, 1), "track_requests": len(probe.latencies),
     }  # fmt: skip
 
@@ -118,6 +132,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="background events/s")
     parser.add_argument("--samples", type=int, default=40, help="freshness samples per phase")
     parser.add_argument("--queries", type=int, default=8, help="analysts running heavy queries at once")
+    parser.add_argument(
+        "--unisolated",
+        action="store_true",
+        help="as before issue #13: every query at once at normal priority, maintenance in the writer's loop, "
+        "deletions at normal priority",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hw-isolation-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -129,6 +149,8 @@ def main() -> None:
         imported = import_files(Settings(data_dir=data_dir), sorted(files.glob("*.ndjson.gz")))
         # small files pile up in today's partition; compaction starts during the contended phase
         env = child_env(data_dir, compact_min_files=6, compact_after_minutes=0.2, maintenance_interval_s=5)
+        if args.unisolated:
+            env.update(child_env(data_dir, **UNISOLATED))
         running = RunningHeadwater(data_dir, env, "up", keys).start()
         stop = threading.Event()
 
@@ -141,7 +163,8 @@ def main() -> None:
         sender.start()
         try:
             time.sleep(3)
-            alone = phase(running, keys, args.samples)
+            lake = QueryEngine(Settings(data_dir=data_dir, query_fast_path=False))  # reads the lake, no slots
+            alone = phase(running, keys, args.samples, lake)
             analysts = [HeavyQueries(running.url, keys["read"], i) for i in range(args.queries)]
             for analyst in analysts:
                 analyst.start()
@@ -149,7 +172,7 @@ def main() -> None:
                                   json={"user_ids": [f"user{i}" for i in range(1, 21)]},
                                   headers={"authorization": f"Bearer {keys['admin']}"}, timeout=30)  # fmt: skip
             time.sleep(2)
-            contended = phase(running, keys, args.samples)
+            contended = phase(running, keys, args.samples, lake)
             for analyst in analysts:
                 analyst.stop.set()
             for analyst in analysts:
@@ -166,7 +189,7 @@ def main() -> None:
             stop.set()
             sender.join(10)
             running.stop()
-    emit("isolation", {
+    emit("isolation-unisolated" if args.unisolated else "isolation", {
         "history_events": args.history_events, "history_import": imported, "background_events_per_s": args.rate,
         "heavy_query_analysts": args.queries, "alone": alone, "contended": contended,
         "heavy_query_answers": statuses, "heavy_query_p50_s": round(statistics.median(seconds), 2) if seconds else None,

@@ -35,12 +35,20 @@ def payload(entry: dict[str, Any]) -> dict[str, Any]:
 def post(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST `body` to `url`; the outcome {ok, status, error, at} (any 2xx is success)."""
     headers = {"user-agent": f"headwater/{__version__} alerts"}
+    # httpx's timeout bounds each read, not the whole answer: a receiver trickling its reply would hold the ops
+    # loop (models, checks, alerts) as long as it likes, so the reply is read against a deadline, and only its start
+    deadline = time.monotonic() + 2 * WEBHOOK_TIMEOUT_S
     try:
-        response = client.post(url, json=body, headers=headers, timeout=WEBHOOK_TIMEOUT_S)
+        with client.stream("POST", url, json=body, headers=headers, timeout=WEBHOOK_TIMEOUT_S) as response:
+            reply = b""
+            for chunk in response.iter_bytes():
+                reply += chunk
+                if len(reply) >= 4096 or time.monotonic() > deadline:
+                    break
     except httpx.HTTPError as exc:
         return {"ok": False, "status": None, "error": f"{type(exc).__name__}: {exc}"[:300], "at": time.time()}
     ok = 200 <= response.status_code < 300
-    error = None if ok else f"HTTP {response.status_code}: {response.text[:200]}"
+    error = None if ok else f"HTTP {response.status_code}: {reply[:200].decode(errors='replace')}"
     return {"ok": ok, "status": response.status_code, "error": error, "at": time.time()}
 
 

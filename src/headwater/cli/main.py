@@ -36,9 +36,16 @@ HostOpt = Annotated[str | None, typer.Option("--host", help="Address to bind.")]
 PortOpt = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on (0 = any free port).")]
 
 
-def settings_from(config: Path | None, **flags: Any) -> Settings:
+def settings_from(config: Path | None, formats: bool = True, **flags: Any) -> Settings:
+    """The settings of a command; with `formats`, the data directory's formats too: a newer one is refused before
+    the command touches anything, an older one is upgraded first (what every process does at start)."""
     try:
-        return load_settings(config, **flags)
+        settings = load_settings(config, **flags)
+        if formats:
+            from headwater.upgrade import prepare
+
+            prepare(settings)
+        return settings
     except HeadwaterError as exc:
         fail(str(exc))
         raise  # unreachable
@@ -83,13 +90,9 @@ def up(
     """Run everything on one machine: collector, log, lake writer, maintenance, query API."""
     from headwater.cli.accounts import ensure_first_admin
     from headwater.runtime.supervisor import Supervisor
-    from headwater.upgrade import prepare
 
+    # refuses a newer data directory; upgrades an older one (after a backup)
     settings = settings_from(config, data_dir=data_dir, host=host, port=port)
-    try:
-        prepare(settings)  # refuses a newer data directory; upgrades an older one (after a backup)
-    except HeadwaterError as exc:
-        fail(str(exc))
     first_password = ensure_first_admin(settings)
     supervisor = Supervisor(settings, config)
     stop = threading.Event()
@@ -479,7 +482,7 @@ def config_show(
     port: PortOpt = None,
 ) -> None:
     """Print the effective settings (file, then HEADWATER_* env, then flags), secrets masked."""
-    settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    settings = settings_from(config, formats=False, data_dir=data_dir, host=host, port=port)
     for name, value in settings.masked().items():
         sys.stdout.write(f"{name} = {orjson.dumps(value).decode()}\n")
 

@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
             scheduler.close()
         if as_json:
             _out(runs)
-        if any(r["status"] != "ok" for r in runs):
+        if any(r["status"] == "failed" for r in runs):
             raise typer.Exit(1)
 
     @models_app.command("test")

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         from headwater.upgrade import check as inspect_status
         from headwater.upgrade import prepare
 
-        settings = settings_from(config, data_dir=data_dir)
+        settings = settings_from(config, formats=False, data_dir=data_dir)
         try:
             if check:
                 status = inspect_status(settings)

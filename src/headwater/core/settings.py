@@ -299,7 +299,7 @@ class Settings(BaseSettings):
         10.0, ge=0, description="How long a query waits for a slot before it is refused (429 with Retry-After)."
     )
     query_nice: int = Field(
-        5,
+        10,
         ge=0,
         le=19,
         description="Niceness of the threads that run queries (DuckDB's included): the collector in the same "

@@ -36,6 +36,7 @@ from headwater.lake.tables import carried_offsets
 
 log = logging.getLogger(__name__)
 MAX_SNAPSHOTS = 100
+COMPACT_COMMIT_ATTEMPTS = 5  # a compaction re-commits its files on a newer version this often
 
 
 class Maintenance:
@@ -117,11 +118,19 @@ class Maintenance:
         merged = pa.concat_tables(parts, promote_options="default")
         writer = self.files[name]
         new_files = writer.write(table, merged)
-        try:
-            writer.replace(table, files, new_files, carried_offsets(table))  # offsets of the version it commits on
-        except CommitFailedException:  # certainly not committed: their rows must not outlive a deletion on disk
-            writer.discard(table, new_files)
-            raise
+        for attempt in range(1, COMPACT_COMMIT_ATTEMPTS + 1):
+            try:
+                writer.replace(table, files, new_files, carried_offsets(table))  # offsets of the version it commits on
+                break
+            except CommitFailedException:  # certainly not committed
+                # another writer appended meanwhile (the lake writer, when maintenance runs in the ops worker):
+                # the same swap still holds on the new version while every file it replaces is there unchanged
+                table.refresh()
+                if attempt < COMPACT_COMMIT_ATTEMPTS and _all_live(table, files):
+                    metrics.LAKE_COMMIT_CONFLICTS.labels(name).inc()
+                    continue
+                writer.discard(table, new_files)  # their rows must not outlive a deletion on disk
+                raise
         metrics.LAKE_COMPACTIONS.labels(name).inc()
         log.info("compacted %d files (%d rows) of %s into %d", len(files), merged.num_rows, name, len(new_files))
 
@@ -220,6 +229,13 @@ class Maintenance:
             endpoint_override=endpoint.netloc if endpoint else None,
             scheme=endpoint.scheme if endpoint else "https",
         )
+
+
+def _all_live(table: Table, files: list[DataFile]) -> bool:
+    """Whether every one of `files` is still in the table's current version, without delete files (a deletion or
+    retention that rewrote or dropped one of them since makes a compaction of them stale)."""
+    live = {task.file.file_path for task in table.scan().plan_files() if not task.delete_files}
+    return all(f.file_path in live for f in files)
 
 
 def _strip_scheme(uri: str) -> str:

@@ -28,7 +28,14 @@ from pyiceberg.transforms import DayTransform
 
 from headwater.core import metrics
 from headwater.core.errors import LakeError
-from headwater.lake.tables import NAMESPACE, OFFSETS_PROPERTY, TABLE_PROPERTIES, offsets_property, snapshot_offsets
+from headwater.lake.tables import (
+    MODEL_PROPERTY,
+    NAMESPACE,
+    OFFSETS_PROPERTY,
+    TABLE_PROPERTIES,
+    offsets_property,
+    snapshot_offsets,
+)
 from headwater.log.base import Consumer, EventLog, Record
 
 log = logging.getLogger(__name__)
@@ -111,9 +118,15 @@ class StreamTableWriter:
 
     def _load(self) -> Table | None:
         try:
-            return self.catalog.load_table((NAMESPACE, self.table_name))
+            table = self.catalog.load_table((NAMESPACE, self.table_name))
         except NoSuchTableError:
             return None
+        if MODEL_PROPERTY in table.properties:  # its next build would replace whatever landed here
+            raise LakeError(
+                f"table {self.table_name} is the SQL model {table.properties[MODEL_PROPERTY]!r}'s: give this "
+                "processor output or source table another name"
+            )
+        return table
 
     def _resume(self) -> None:
         """Read on from the offsets the table's snapshots record (after a start, a failure or a

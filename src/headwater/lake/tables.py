@@ -83,6 +83,7 @@ SPECS = {
     ),
 }
 JSON_COLUMNS = {"events": ("properties", "context", "traits")}
+MODEL_PROPERTY = "headwater.model"  # marks a table as a SQL model's (headwater.models); nothing else writes it
 
 
 def warehouse_uri(settings: Settings) -> str:

@@ -332,6 +332,8 @@ class LakeWriter:
         """Table maintenance here, unless an ops worker (niced, its own process) is alive to do it."""
         try:
             if self.ops_lease.held_elsewhere():
+                if self.maintenance.lease is not None:  # hand the maintenance lease over now, not when it expires
+                    self.maintenance.lease.release()
                 return
             self.maintenance.run()
         except CommitFailedException:

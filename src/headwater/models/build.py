@@ -28,12 +28,11 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 
 from headwater.core.errors import ModelError, QueryError
-from headwater.lake.tables import NAMESPACE, TABLE_PROPERTIES
+from headwater.lake.tables import MODEL_PROPERTY, NAMESPACE, TABLE_PROPERTIES
 from headwater.models.project import Model
 from headwater.query.engine import QueryEngine
 
 log = logging.getLogger(__name__)
-MODEL_PROPERTY = "headwater.model"  # marks a table as a model's (any other table of the namespace is not ours)
 
 
 @dataclass

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from croniter import croniter
 
 from headwater.core.errors import ModelError
 from headwater.core.settings import Settings
-from headwater.lake.coordination import open_engine
+from headwater.lake.coordination import Lease, open_engine
 from headwater.lake.tables import NAMESPACE
 from headwater.models.build import build, input_snapshots, rows_removed
 from headwater.models.project import BUILT_IN, ON_CHANGE, Model, Project, load_project, stamp
@@ -228,7 +230,9 @@ class ModelScheduler:
                 run = self._build(model, trigger, versions, full_refresh, latest, datetime.now(UTC))
                 out.append(run)
                 if progress:
-                    progress("done", run)
+                    progress("skip" if run["status"] == "skipped" else "done", run)
+                if run["status"] == "skipped":
+                    continue
                 if run["status"] == "ok":
                     built.append(model.name)
                 else:
@@ -249,7 +253,25 @@ class ModelScheduler:
         now: datetime,
     ) -> dict[str, Any]:
         """Build one model and record the run (started at the tick's `now`: the clock schedules are read with);
-        `versions` gets the model's new table version."""
+        `versions` gets the model's new table version. A model another process is building (the ops worker, the
+        API in a server, another node) is skipped, not recorded: two builds of one table would fail each other."""
+        with BuildLease(self.engine, model.name) as held:
+            if not held:
+                log.info("model %s is being built by another process: skipped", model.name)
+                return {"model": model.name, "trigger": trigger, "status": "skipped",
+                        "error": "being built by another process (the ops worker, a server, another node)",
+                        "started_at": _iso(_naive(now))}  # fmt: skip
+            return self._build_held(model, trigger, versions, full_refresh, latest, now)
+
+    def _build_held(
+        self,
+        model: Model,
+        trigger: str,
+        versions: dict[str, str],
+        full_refresh: bool,
+        latest: dict[str, Any],
+        now: datetime,
+    ) -> dict[str, Any]:
         if self._query is None:  # opening the engine may create the lake's tables: read their versions after
             self.query  # noqa: B018
             versions.update(self.versions())
@@ -398,3 +420,39 @@ class ModelScheduler:
                            "description": "", "exists": name in versions, "next_run": None, "due": False,
                            "last_run": self._public(last) if last else None, "error": error})  # fmt: skip
         return {"models_dir": str(self.settings.models_dir) if self.settings.models_dir else None, "models": models}
+
+
+class BuildLease:
+    """The catalog lease `model:<name>` for the length of a build, renewed in the background (a build may take an
+    hour; a process that dies holding it frees it within LEASE_TTL_S)."""
+
+    LEASE_TTL_S = 120.0
+
+    def __init__(self, engine: sa.Engine, model: str) -> None:
+        holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.lease = Lease(engine, f"model:{model}", holder, self.LEASE_TTL_S)
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def __enter__(self) -> bool:
+        if not self.lease.acquire():
+            return False
+        self._renewer = threading.Thread(target=self._renew, name="model-lease", daemon=True)
+        self._renewer.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.LEASE_TTL_S / 4):
+            try:
+                self.lease.acquire()
+            except sa.exc.SQLAlchemyError as exc:  # the catalog away for a moment: the next renewal may do
+                log.warning("model lease not renewed: %s", exc)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._renewer is not None:
+            self._stop.set()
+            self._renewer.join()
+            try:
+                self.lease.release()
+            except sa.exc.SQLAlchemyError:
+                log.warning("model lease not released (it expires by itself)", exc_info=True)
