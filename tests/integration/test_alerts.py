@@ -31,7 +31,14 @@ from headwater.lake.coordination import open_engine
 from headwater.models.scheduler import ModelScheduler
 from headwater.sources.status import read_status
 from tests.helpers import RunningHeadwater, child_env, make_keys, make_settings
-from tests.unit.test_alerts import Receiver
+from tests.unit.test_alerts import OPENED, Receiver, receiving
+
+
+@pytest.fixture(name="receiver")
+def _receiver() -> Iterator[Receiver]:
+    with receiving() as r:
+        yield r
+
 
 FOR_S = 30.0
 CHECKS = """
@@ -62,21 +69,6 @@ p = Pipeline("shop", description="refuses boom items")
 p.source("events").filter(lambda e: e["event"] == "Purchased").process(on_record).to_stream("shop-out")
 pipeline = p
 """
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.close()
-        for ev in OPENED:
-            ev.close()
-        OPENED.clear()
-
-
-OPENED: list[AlertEvaluator] = []
 
 
 @contextlib.contextmanager

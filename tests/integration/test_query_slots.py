@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,16 @@ def _query(running: RunningHeadwater, key: str, sql: str) -> httpx.Response:
     return httpx.post(
         running.url + "/api/query", json={"sql": sql}, headers={"authorization": f"Bearer {key}"}, timeout=120
     )
+
+
+def _thread_niceness(pid: int) -> dict[int, int]:
+    """Niceness of each thread of `pid` (Linux /proc: field 19 of stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = int(fields[16])
+    return out
 
 
 def _wait_running(running: RunningHeadwater, key: str) -> None:
@@ -67,6 +78,10 @@ def test_a_query_in_line_gets_the_slot_when_it_frees(tmp_path: Path) -> None:
         slow = threading.Thread(target=lambda: first.append(_query(running, keys["read"], SLOW)))
         slow.start()
         time.sleep(0.5)
+        assert running.proc is not None  # `server` with one worker: the process that runs the queries
+        nice = _thread_niceness(running.proc.pid)
+        assert nice[running.proc.pid] == 0, "the event loop (the collector) runs at normal priority"
+        assert sum(1 for n in nice.values() if n == 10) >= 2, f"query and DuckDB threads at query_nice: {nice}"
         waited = _query(running, keys["read"], "SELECT 42")  # waits in line until the slow one ends (timeout 3 s)
         slow.join(60)
         assert waited.status_code == 200, waited.text

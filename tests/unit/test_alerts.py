@@ -3,6 +3,7 @@ real catalog database; conditions are real Condition implementations (the extens
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,8 +67,9 @@ class Receiver:
         self.server.server_close()
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextlib.contextmanager
+def receiving() -> Iterator[Receiver]:
+    """A Receiver, closed after with every evaluator a test opened (OPENED)."""
     r = Receiver()
     try:
         yield r
@@ -76,6 +78,12 @@ def receiver() -> Iterator[Receiver]:
         for ev in OPENED:
             ev.close()
         OPENED.clear()
+
+
+@pytest.fixture(name="receiver")
+def _receiver() -> Iterator[Receiver]:
+    with receiving() as r:
+        yield r
 
 
 OPENED: list[AlertEvaluator] = []
