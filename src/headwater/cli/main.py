@@ -38,10 +38,11 @@ PortOpt = Annotated[int | None, typer.Option("--port", "-p", help="Port to liste
 
 def settings_from(config: Path | None, formats: bool = True, **flags: Any) -> Settings:
     """The settings of a command; with `formats`, the data directory's formats too: a newer one is refused before
-    the command touches anything, an older one is upgraded first (what every process does at start)."""
+    the command touches anything, an older one is upgraded first (what every process does at start). A data
+    directory that does not exist is left so (`plan check` in a user's checkout must create nothing)."""
     try:
         settings = load_settings(config, **flags)
-        if formats:
+        if formats and settings.data_dir.exists():
             from headwater.upgrade import prepare
 
             prepare(settings)

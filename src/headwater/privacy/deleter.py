@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -391,7 +392,22 @@ class Deleter:
                 writer.rollups.delete(paths)
             self.heartbeat(request)
         _checkpoint(self.engine)
-        return {"files_deleted": deleted}
+        return {"files_deleted": deleted, "upgrade_backups_deleted": self._drop_backups()}
+
+    def _drop_backups(self) -> int:
+        """Delete the upgrade backups of the data directory: copies of the databases and the log from before the
+        deletion, they hold the people it deletes (a rollback to them would bring those people back)."""
+        folder = self.settings.data_dir / "backups"
+        if not folder.is_dir():
+            return 0
+        dropped = 0
+        for backup in sorted(folder.iterdir()):
+            if backup.is_dir():
+                shutil.rmtree(backup)
+                dropped += 1
+        if dropped:
+            log.warning("deletion: %d upgrade backup(s) in %s deleted (they held the deleted people)", dropped, folder)
+        return dropped
 
 
 def _member(column: pa.ChunkedArray, values: pa.Array) -> pa.ChunkedArray:
