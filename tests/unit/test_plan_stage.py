@@ -166,8 +166,6 @@ def test_stored_examples_leave_out_personal_and_undeclared_values(engine: sa.Eng
     stage = stage_for(engine, {"*": Plan("shop", "1-0-0", {"Signed Up": spec})})
     stage.apply(events(("Signed Up", {"email": "not-an-email", "secret": "s3cr3t", "tags": [{"owner": "Annabel"}]})))
     got = {(r["path"], r["rule"]): r["got"] for r in ViolationCounts(engine).read()}
-    assert got == {
-        ("$.properties.email", "format"): "(personal data)",
-        ("$.properties.secret", "undeclared"): "",
-        ("$.properties.tags[0].owner", "maxLength"): "(personal data)",
-    }
+    # personal properties reach the writer hashed / masked by the collector: checked for presence only, so their
+    # values are neither judged (a hash is no email) nor stored; undeclared values are never stored
+    assert got == {("$.properties.secret", "undeclared"): ""}
