@@ -1,6 +1,6 @@
 -- materialized: incremental
 -- partition_by: day
--- lookback_days: 2
+-- lookback_days: 8
 -- description: Events and active people per day, event and source (the reference table a BI tool reads)
 SELECT
     CAST("timestamp" AS DATE) AS day,

@@ -64,6 +64,9 @@ def hw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
         privacy_expire_after_minutes=0,
         privacy_personal_properties='["email"]',
         processors=json.dumps([f"{data_dir / 'per_user.py'}:pipeline"]),
+        # what is deleted is tested here, not priority (bench/isolation.py): niced by default, the deletion gets a
+        # tenth of a core while ingestion saturates the 2 cores of CI, and outlasts the test's wait
+        background_nice=0,
     )
     with serving(RunningHeadwater(data_dir, env, keys=keys)) as running:
         yield running
@@ -191,7 +194,9 @@ def test_deleting_50_people_while_ingesting(hw: RunningHeadwater) -> None:
         assert response.status_code == 202, response.text
         request = response.json()
         assert request["state"] == "pending" and request["ids_requested"] == 50
-        deadline = time.monotonic() + 180
+        # a budget, not a speed check: on a loaded machine the rewrite's commits lose races against the writer's
+        # (one every 200 ms here) and the worker retries the step
+        deadline = time.monotonic() + 360
         while True:
             status = httpx.get(hw.url + request["url"], headers=admin, timeout=30).json()
             if status["state"] in ("completed", "failed") or time.monotonic() > deadline:

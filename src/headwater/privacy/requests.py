@@ -149,6 +149,17 @@ class DeletionStore:
         self.engine = engine
         create_tables(engine, _METADATA)
 
+    def in_progress(self) -> bool:
+        """Whether a deletion is pending, running or expiring (table maintenance waits: a compaction replacing
+        the files a deletion rewrites makes its commits conflict until it gives up)."""
+        now = int(time.time() * 1000)
+        due = sa.and_(DELETIONS.c.state == PENDING, DELETIONS.c.due_ms <= now)
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(DELETIONS.c.id).where(sa.or_(DELETIONS.c.state.in_((RUNNING, EXPIRING)), due)).limit(1)
+            ).first()
+        return found is not None
+
     def create(
         self, user_ids: list[str], anonymous_ids: list[str], requested_by: str, address: str = "",
         suppress_days: float = 0.0,

@@ -51,6 +51,7 @@ class MaintenanceJob:
         from headwater.lake.maintenance import Maintenance
         from headwater.lake.tables import ensure_tables, open_catalog
         from headwater.log import open_log
+        from headwater.privacy.requests import DeletionStore
 
         self.catalog = open_catalog(settings)
         self.tables = ensure_tables(self.catalog)
@@ -62,10 +63,14 @@ class MaintenanceJob:
         holder = f"ops:{socket.gethostname()}:{settings.data_dir.resolve()}"
         lease = Lease(engine, "maintenance", holder, max(60.0, settings.maintenance_interval_s * 3))
         self.maintenance = Maintenance(settings, self.tables, file_writers(settings, engine), lease, claims)
+        self.deletions = DeletionStore(engine)
 
     def tick(self, now: float) -> None:
         from pyiceberg.exceptions import CommitFailedException
 
+        if self.deletions.in_progress():  # its rewrite first: compacting the files it rewrites starves it
+            log.info("table maintenance waits for the deletion in progress")
+            return
         try:
             self.maintenance.run()
         except CommitFailedException:
