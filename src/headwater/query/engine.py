@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import duckdb
@@ -48,6 +49,7 @@ from headwater.query.fast_path import LRU, Bucket, FastPath, remap_persons
 from headwater.query.shapes import Unsupported
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _LOCATIONS = sa.text(
     "SELECT table_name, metadata_location FROM iceberg_tables "
     "WHERE catalog_name = :catalog AND table_namespace = :namespace"
@@ -292,23 +294,8 @@ class QueryEngine:
         self.check(sql)
         self._refresh_or_refuse()
         persons = bool(self._side_call(self.catalog_views.prepare, sql))
-        cursor = self._db.cursor()
-        if persons:
-            cursor.execute(f"SET search_path = '{PERSON_SCHEMA},main'")
         timeout = timeout_s or self.settings.query_timeout_s
-        timer = threading.Timer(timeout, cursor.interrupt)
-        timer.start()
-        try:
-            return cursor.execute(sql).to_arrow_table()
-        except duckdb.InterruptException:
-            raise QueryError(f"query cancelled after the {timeout:g} s time limit", 408) from None
-        except duckdb.PermissionException as exc:
-            raise QueryError(f"not allowed: {_clean(exc)}", 403) from None
-        except duckdb.Error as exc:
-            raise QueryError(_clean(exc)) from None
-        finally:
-            timer.cancel()
-            cursor.close()
+        return self._on_cursor(sql, timeout, persons, lambda relation: relation.to_arrow_table())
 
     def _events_snapshot(self) -> tuple[list[FileScanTask], str]:
         """The files the `events` view reads and the table version they belong to."""
@@ -359,16 +346,27 @@ class QueryEngine:
 
     def _run(self, sql: str, max_rows: int, timeout_s: float, persons: bool = False) -> QueryResult:
         """Run `sql`; `persons`: with `events` seen through the view that adds `person_id`."""
+
+        def fetch(relation: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str], list[Any]]:
+            columns = [d[0] for d in relation.description or []]
+            types = [str(d[1]) for d in relation.description or []]
+            return columns, types, relation.fetchmany(max_rows + 1)
+
+        columns, types, rows = self._on_cursor(sql, timeout_s, persons, fetch)
+        truncated = len(rows) > max_rows
+        return QueryResult(columns, [list(r) for r in rows[:max_rows]], truncated, types=types)
+
+    def _on_cursor(
+        self, sql: str, timeout_s: float, persons: bool, fetch: Callable[[duckdb.DuckDBPyConnection], T]
+    ) -> T:
+        """`fetch` of `sql` run on a cursor of its own, cancelled after `timeout_s`; DuckDB's errors as QueryError."""
         cursor = self._db.cursor()
         if persons:
             cursor.execute(f"SET search_path = '{PERSON_SCHEMA},main'")
         timer = threading.Timer(timeout_s, cursor.interrupt)
         timer.start()
         try:
-            relation = cursor.execute(sql)
-            columns = [d[0] for d in relation.description or []]
-            types = [str(d[1]) for d in relation.description or []]
-            rows = relation.fetchmany(max_rows + 1)
+            return fetch(cursor.execute(sql))
         except duckdb.InterruptException:
             metrics.QUERY_ERRORS.labels("timeout").inc()
             raise QueryError(f"query cancelled after the {timeout_s:g} s time limit", 408) from None
@@ -379,8 +377,6 @@ class QueryEngine:
         finally:
             timer.cancel()
             cursor.close()
-        truncated = len(rows) > max_rows
-        return QueryResult(columns, [list(r) for r in rows[:max_rows]], truncated, types=types)
 
     def close(self) -> None:
         self._db.close()
