@@ -412,6 +412,16 @@ class Settings(BaseSettings):
     # --- demo
     demo_rate: float = Field(50.0, ge=0, description="Events per second sent by `headwater up --demo`.")
     demo_key: str | None = Field(None, description="Admin key printed by `up --demo` (created when absent).")
+    demo_scenario: Literal["shop", "betting", "app"] = Field(
+        "shop",
+        description="What `headwater up --demo` generates (`headwater generate --scenario`): `shop` (web shop: "
+        "signup, activation, purchases, an A/B test), `betting` (PMU's shape: bets, cancellations, race results) "
+        "or `app` (a mobile app).",
+    )
+    demo_days: int = Field(
+        30, ge=0, le=400, description="Days of history `up --demo` backfills (through the importer) on first start."
+    )
+    demo_seed: int = Field(7, description="Seed of the demo generator: the same seed gives the same users and events.")
 
     @field_validator("sources")
     @classmethod
