@@ -12,6 +12,7 @@ $PY -m bench.s3_query  # the seed queries on an S3 warehouse (s3proxy): DuckDB h
 # the seed's queries and the insights: Headwater vs DuckDB and chdb over plain Parquet (200 M: a year, 1 M people)
 $PY -m bench.queries --events "${BENCH_EVENTS:-20000000}" --keep
 $PY -m bench.importer
+$PY -m bench.analyst --events "${BENCH_EVENTS:-20000000}"  # the demo shop: trend+breakdown, 4-step funnel, 8-week retention, cohort filter; p50/p95
 $PY -m bench.maintenance
 $PY -m bench.processing  # stream processors: records/s through the runner and TestDriver, HTTP ack -> output latency, state lookups
 $PY -m bench.quix_compare  # Headwater processors vs Quix Streams on one Kafka broker (own venv .tools/quix-venv); BENCH_QUIX_RECORDS, BENCH_QUIX_REPEATS

@@ -143,29 +143,9 @@ def _demo_key(settings: Settings) -> str:
 
 
 def _start_demo(settings: Settings, url: str, stop: threading.Event) -> None:
-    from headwater.loadgen.generate import GenerateOptions, generate
+    from headwater.cli.demo import start_demo
 
-    key = _demo_key(settings)
-    console.print(f"Demo admin key: [bold]{key}[/bold]")
-    console.print(
-        f'Send:  curl -H \'x-api-key: {key}\' --data-binary \'{{"event":"LOGIN","userId":"joe1"}}\' {url}/track'
-    )
-    sql = "SELECT event, count(*) AS n, count(DISTINCT user_id) AS users FROM events GROUP BY event ORDER BY n DESC"
-    body = orjson.dumps({"sql": sql}).decode()
-    console.print(f"Query: curl -H 'Authorization: Bearer {key}' -d '{body}' {url}/api/query")
-    console.print(f'   or: headwater query "{sql}" --data-dir {settings.data_dir}')
-
-    def run() -> None:
-        options = GenerateOptions(url=url, key=key, rate=settings.demo_rate, batch=20, days=7, concurrency=1)
-        while not stop.is_set():
-            options.duration = 5.0
-            try:
-                asyncio.run(generate(options))
-            except Exception as exc:
-                console.print(f"demo generator: {exc}")
-                stop.wait(1)
-
-    threading.Thread(target=run, daemon=True, name="demo").start()
+    start_demo(settings, url, stop, _demo_key(settings))
 
 
 @app.command()
@@ -350,6 +330,7 @@ def insight(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run a trend, funnel, retention, journey, timeline or catalog insight; prints JSON with its SQL."""
+    from headwater.cohorts.store import CohortStore
     from headwater.insights.engine import InsightEngine, compile_query, parse
     from headwater.query.engine import QueryEngine
 
@@ -360,13 +341,17 @@ def insight(
         fail(f"spec: {exc}")
     if not isinstance(document, dict):
         fail('spec: expected a JSON object such as {"kind": "catalog"}')
+    settings = settings_from(config, data_dir=data_dir)
+    cohorts = CohortStore(settings.store_uri("app"))  # `$cohort` filters and breakdowns name saved cohorts
     try:
         if sql_only:
-            sys.stdout.write(compile_query(parse(document)) + "\n")
+            sys.stdout.write(compile_query(parse(document), cohorts=cohorts.resolver) + "\n")
             return
-        answer = InsightEngine(QueryEngine(settings_from(config, data_dir=data_dir))).run(document)
+        answer = InsightEngine(QueryEngine(settings), cohorts=cohorts.resolver).run(document)
     except HeadwaterError as exc:
         fail(str(exc))
+    finally:
+        cohorts.close()
     sys.stdout.write(orjson.dumps(answer, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
@@ -376,14 +361,33 @@ def generate(
     key: Annotated[str, typer.Option(help="Write key.", envvar="HEADWATER_KEY")] = "",
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 400.0,
     batch: Annotated[int, typer.Option(help="Events per request (the seed uses 100).")] = 100,
-    users: Annotated[int, typer.Option(help="Distinct users (0 = the seed's 210 names).")] = 0,
-    days: Annotated[int, typer.Option(help="Spread event times over the last N days.")] = 0,
+    users: Annotated[
+        int, typer.Option(help="Distinct users (0 = the seed's 210 names; with --scenario: 20,000 visitors).")
+    ] = 0,
+    days: Annotated[
+        int, typer.Option(help="Spread event times over the last N days (--scenario: import N days of history).")
+    ] = 0,
     total: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
     message_ids: Annotated[bool, typer.Option(help="Give every event a messageId.")] = False,
+    scenario: Annotated[
+        str | None,
+        typer.Option(help="shop | betting | app: realistic Segment events (absent: the seed's LOGIN-like events)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed: the same seed gives the same people and events.")] = None,
+    live: Annotated[bool, typer.Option("--live/--no-live", help="--scenario: then send live visits at --rate.")] = True,
+    truth: Annotated[Path | None, typer.Option(help="--scenario: write the ground truth (JSON) to this file.")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Send LOGIN-like events to /track like the seed's perl generator, with a progress bar."""
+    """Send LOGIN-like events to /track like the seed's perl generator, with a progress bar; with --scenario,
+    import --days of a realistic scenario into the lake (this machine's data directory), then send it live."""
+    if scenario is not None:
+        from headwater.cli.demo import generate_scenario
+
+        generate_scenario(scenario, url, key, rate, users, days, duration, seed, live, truth, config, data_dir)
+        return
     from headwater.loadgen.generate import GenerateOptions
     from headwater.loadgen.generate import generate as run_generate
 
@@ -391,7 +395,7 @@ def generate(
         fail("--key is required (a write key: `headwater keys create NAME --role write`)")
     if total is None and duration is None:
         fail("give --total N or --duration SECONDS")
-    options = GenerateOptions(url, key, rate, batch, users, days, total, duration, concurrency, message_ids)
+    options = GenerateOptions(url, key, rate, batch, users, days, total, duration, concurrency, message_ids, seed)
     with _progress() as progress:
         task = progress.add_task("sending", total=total)
         summary = asyncio.run(run_generate(options, lambda n: progress.advance(task, n)))
@@ -426,6 +430,13 @@ def import_files(
     since: Annotated[str | None, typer.Option(help="ga4 --report without files: first day (YYYYMMDD).")] = None,
     until: Annotated[str | None, typer.Option(help="ga4 --report without files: last day (YYYYMMDD).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="ga4 --report: print JSON.")] = False,
+    stages: Annotated[
+        bool,
+        typer.Option(
+            "--stages/--no-stages",
+            help="Run the lake writer's stages (tracking plan, enrichments, identity links) on the rows, as live.",
+        ),
+    ] = True,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -446,9 +457,10 @@ def import_files(
     if not files:
         fail("give the files to import")
     from headwater.lake.importer import Importer
+    from headwater.runtime.stages import build_stages
 
     settings = settings_from(config, data_dir=data_dir)
-    importer = Importer(settings, source or "import")
+    importer = Importer(settings, source or "import", stages=build_stages if stages else None)
     totals: dict[str, int] = {}
     started = time.monotonic()
     with _progress() as progress:

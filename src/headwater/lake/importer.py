@@ -4,6 +4,13 @@ Rows go through the same validation and normalisation as live events (lolscale `
 mapping, or Segment's when a row has a Segment `type`). Invalid rows go to `quarantine`.
 Each commit records how many rows of the file it covers, so re-running an interrupted import
 resumes where it stopped instead of duplicating rows.
+
+With `stages` (a factory such as `headwater.runtime.stages.build_stages`, handed in by the caller: `lake` does not
+import `runtime`), each chunk goes through the lake writer's stages before its commit, so imported history gets
+the same plan enforcement, enrichments and identity links as live events. The stage inputs (`_ip`, `_user_agent`,
+...) come from the rows as RowBuilder pulls them out; `_log_partition` is 0 and `_log_offset` the row number in
+the file. Rows a stage quarantines go to `quarantine` (rebuilt from the normalised row) unless an earlier run of
+the same file committed them there already.
 """
 
 from __future__ import annotations
@@ -21,15 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from headwater.core.errors import ImportFileError
 from headwater.core.events import (
+    QUARANTINE_SCHEMA,
     RAW_TRACK,
     SEGMENT_TYPES,
     InvalidEvent,
@@ -38,6 +49,8 @@ from headwater.core.events import (
     check_segment,
 )
 from headwater.core.settings import Settings
+from headwater.core.stages import BatchStage, StageBatch, stored_columns
+from headwater.lake.columns import add_missing_columns, quarantine_rows
 from headwater.lake.coordination import open_engine
 from headwater.lake.layout import file_writers
 from headwater.lake.maintenance import Maintenance
@@ -132,11 +145,15 @@ class BlockJob:
     key: str
     source: str
     received_ms: int
+    inputs: bool = False  # also collect the stage inputs (headwater.core.stages.INPUT_COLUMNS)
+
+
+StageFactory = Callable[[Settings, sa.Engine], list[BatchStage]]
 
 
 def normalise_block(job: BlockJob) -> tuple[pa.Table, pa.Table]:
     """Validate and map one block (runs in a worker process)."""
-    builder = RowBuilder()
+    builder = RowBuilder(inputs=job.inputs)
     meta = {"src": job.source, "ep": RAW_TRACK, "ra": job.received_ms}
     seg_meta = {"src": job.source, "ep": "batch", "ra": job.received_ms}
     log_id = f"import:{job.key}"
@@ -171,8 +188,26 @@ def _add(
         builder.add({"m": seg_meta if segment else meta, "e": obj}, log_id, 0, row_number)
 
 
+def _as_sent(events: pa.Table, row: int) -> dict[str, Any]:
+    """An event row back in the Segment shape (what quarantine keeps of a row a stage refused)."""
+    values = {name: events.column(name)[row].as_py() for name in events.column_names}
+    out: dict[str, Any] = {"type": values.get("type") or "track", "messageId": values.get("event_id")}
+    for column, name in (("event", "event"), ("user_id", "userId"), ("anonymous_id", "anonymousId")):
+        if values.get(column) is not None:
+            out[name] = values[column]
+    if values.get("timestamp") is not None:
+        out["timestamp"] = values["timestamp"].isoformat()
+    for column in ("properties", "context", "traits"):
+        if values.get(column):
+            out[column] = orjson.loads(values[column])
+    return out
+
+
 class Importer:
-    def __init__(self, settings: Settings, source: str = "import", workers: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, source: str = "import", workers: int | None = None,
+        stages: StageFactory | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.workers = workers or os.cpu_count() or 1
         self._pool: ProcessPoolExecutor | None = None
@@ -181,6 +216,7 @@ class Importer:
         self.tables = ensure_tables(self.catalog)
         self.engine = open_engine(settings.effective_catalog_uri)
         self.files = file_writers(settings, self.engine)
+        self.stages: list[BatchStage] = stages(settings, self.engine) if stages is not None else []
 
     def done_rows(self, table: Table, key: str) -> int:
         best = 0
@@ -207,7 +243,7 @@ class Importer:
             for kind, payload in read_blocks(path):
                 size = len(payload) if isinstance(payload, list) else payload.num_rows
                 if first + size - 1 > skip:
-                    yield BlockJob(kind, payload, first, floors, key, self.source, received_ms)
+                    yield BlockJob(kind, payload, first, floors, key, self.source, received_ms, bool(self.stages))
                 first += size
             counts["rows"] = first - 1
 
@@ -220,12 +256,44 @@ class Importer:
             pending_rows += events.num_rows + quarantine.num_rows
             rows_done = job.first_row + size - 1
             if pending_rows >= CHUNK_ROWS:
-                self._commit(pending, key, rows_done, counts)
+                self._commit(pending, key, rows_done, counts, floors["quarantine"])
                 if progress:
                     progress(pending_rows)
                 pending, pending_rows = [], 0
         if pending:
-            self._commit(pending, key, rows_done, counts)
+            self._commit(pending, key, rows_done, counts, floors["quarantine"])
+            if progress:
+                progress(pending_rows)
+        return counts
+
+    def import_rows(
+        self, rows: Iterator[pa.Table], key: str, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
+        """Import rows already normalised by a trusted producer (EVENTS_SCHEMA, plus the stage inputs when
+        stages run; `_log_offset` numbering the rows from 1), as one import named `key`: committed in chunks that
+        record their progress, so running it again with the same rows resumes (rows up to the recorded
+        progress are skipped)."""
+        done = {name: self.done_rows(self.tables[name], key) for name in ("events", "quarantine")}
+        counts = {"rows": 0, "events": 0, "quarantined": 0, "skipped": 0}
+        pending: list[tuple[pa.Table, pa.Table]] = []
+        pending_rows = 0
+        empty = pa.Table.from_pylist([], schema=QUARANTINE_SCHEMA)
+        for table in rows:
+            counts["rows"] += table.num_rows
+            if counts["rows"] <= done["events"]:
+                counts["skipped"] += table.num_rows
+                continue
+            fresh = table.filter(pc.greater(table.column("_log_offset"), done["events"]))
+            counts["skipped"] += table.num_rows - fresh.num_rows
+            pending.append((fresh if self.stages else stored_columns(fresh), empty))
+            pending_rows += fresh.num_rows
+            if pending_rows >= CHUNK_ROWS:
+                self._commit(pending, key, counts["rows"], counts, done["quarantine"])
+                if progress:
+                    progress(pending_rows)
+                pending, pending_rows = [], 0
+        if pending:
+            self._commit(pending, key, counts["rows"], counts, done["quarantine"])
             if progress:
                 progress(pending_rows)
         return counts
@@ -253,15 +321,44 @@ class Importer:
             done_job, future = window.popleft()
             yield done_job, future.result()
 
-    def _commit(self, parts: list[tuple[pa.Table, pa.Table]], key: str, rows_done: int, counts: dict[str, int]) -> None:
+    def _commit(
+        self, parts: list[tuple[pa.Table, pa.Table]], key: str, rows_done: int, counts: dict[str, int],
+        quarantine_floor: int = 0,
+    ) -> None:  # fmt: skip
         events = pa.concat_tables([p[0] for p in parts])
         quarantine = pa.concat_tables([p[1] for p in parts])
+        if self.stages and events.num_rows:
+            events, quarantine = self._run_stages(events, quarantine, quarantine_floor)
+            if events.num_rows:
+                add_missing_columns(self.tables["events"], events)
         props = {PROGRESS_PROPERTY + key: str(rows_done)}
-        for name, table in (("events", events), ("quarantine", quarantine)):
+        for name, table in (("quarantine", quarantine), ("events", events)):
             if table.num_rows:
                 self._append(name, table, props)
         counts["events"] += events.num_rows
         counts["quarantined"] += quarantine.num_rows
+
+    def _run_stages(self, events: pa.Table, quarantine: pa.Table, floor: int) -> tuple[pa.Table, pa.Table]:
+        """The chunk through every stage (as the lake writer runs them); the rows they quarantine move to
+        `quarantine`, except those an earlier run of the file committed there (row number <= `floor`)."""
+        batch = StageBatch(events)
+        for stage in self.stages:
+            batch = stage.apply(batch)
+            if batch.events.num_rows != events.num_rows:
+                raise ImportFileError(f"stage {stage.name} changed the number of rows")
+        if not batch.quarantined:
+            return stored_columns(batch.events), quarantine
+        offsets = batch.events.column("_log_offset").to_numpy()
+        pending = {row: reason for row, reason in batch.quarantined.items() if offsets[row] > floor}
+        if pending:
+            values = [b""] * batch.events.num_rows
+            for row in pending:
+                values[row] = orjson.dumps({"e": _as_sent(batch.events, row)})
+            moved = quarantine_rows(batch.events, pending, values)
+            quarantine = pa.concat_tables([quarantine, moved.cast(quarantine.schema)])
+        keep = np.ones(batch.events.num_rows, dtype=bool)
+        keep[list(batch.quarantined)] = False
+        return stored_columns(batch.events).filter(pa.array(keep)), quarantine
 
     def _append(self, name: str, data: pa.Table, props: dict[str, str]) -> None:
         files = self.files[name].write(self.tables[name], data)
@@ -292,6 +389,9 @@ class Importer:
         return done
 
     def close(self) -> None:
+        for stage in self.stages:
+            stage.close()
+        self.stages = []
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
