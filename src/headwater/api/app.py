@@ -28,7 +28,9 @@ from headwater.api.accounts import account_routes
 from headwater.api.alerts import alert_routes
 from headwater.api.audit import audit_routes
 from headwater.api.boards import board_routes
+from headwater.api.catalog import catalog_routes
 from headwater.api.checks import check_routes
+from headwater.api.cohorts import cohort_routes
 from headwater.api.imports import import_routes
 from headwater.api.models import model_routes
 from headwater.api.plans import plan_routes
@@ -38,10 +40,12 @@ from headwater.api.processors import ProcessorRegistry, processor_routes
 from headwater.api.quarantine import quarantine_routes
 from headwater.api.responses import error_response, json_response
 from headwater.api.sources import source_routes
+from headwater.api.trend_alerts import trend_alert_routes
 from headwater.auth.audit import AuditLog
 from headwater.auth.keys import KeyStore
 from headwater.auth.users import UserStore
 from headwater.boards.store import BoardStore
+from headwater.cohorts.store import CohortStore
 from headwater.collector.parsing import Limits
 from headwater.collector.routes import INGEST_PATHS, Collector, IngestApp
 from headwater.core.erasure import Suppressor, open_board
@@ -130,7 +134,8 @@ class Services:
             settings.query_concurrency, settings.query_queue, settings.query_queue_wait_s, settings.query_nice
         )
         self.query = self.query_slots.build(lambda: QueryEngine(settings))  # DuckDB's threads inherit the niceness
-        self.insights = InsightEngine(self.query)
+        self.cohorts = CohortStore(settings.store_uri("app"))
+        self.insights = InsightEngine(self.query, cohorts=self.cohorts.resolver)  # `$cohort` filters, breakdowns
         self.processors = ProcessorRegistry(settings.processors_dir)
         self.live = LiveTail(self.log, self.processors.streams)
         self.boards = BoardStore(settings.store_uri("app"))
@@ -181,6 +186,7 @@ class Services:
         self.live.close()
         self.processors.close()
         self.boards.close()
+        self.cohorts.close()
         self.audit.close()
         self.deletions.engine.dispose()
         self.keys.close()
@@ -344,11 +350,13 @@ def build_app(settings: Settings) -> IngestApp:
                 except LogError:  # the log is away for a moment: keep the stream, try again
                     await asyncio.sleep(1.0)
                     continue
+                behind = _advanced(position, page["cursor"]) >= args["limit"]  # a full page: more is waiting
                 position = page["cursor"]
                 for row in page["events"]:
                     yield b"id: " + position.encode() + b"\ndata: " + orjson.dumps(row) + b"\n\n"
                 yield b": tick\n\n"
-                await asyncio.sleep(0.25)
+                if not behind:
+                    await asyncio.sleep(0.25)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-store"})
 
@@ -378,7 +386,9 @@ def build_app(settings: Settings) -> IngestApp:
     routes += quarantine_routes(svc)
     routes += check_routes(svc)
     routes += alert_routes(svc)
+    routes += trend_alert_routes(svc)
     routes += model_routes(svc)
+    routes += cohort_routes(svc) + catalog_routes(svc)
     routes += web_routes()
     starlette = Starlette(
         routes=routes + ingest_routes,
@@ -388,6 +398,13 @@ def build_app(settings: Settings) -> IngestApp:
     )
     ingest = IngestApp(starlette, origins)
     return ingest
+
+
+def _advanced(before: str, after: str) -> int:
+    """How many records of the log lie between two live-tail cursors."""
+    start = {p: int(o) for p, o in (part.split(":") for part in filter(None, before.split(",")))}
+    end = {p: int(o) for p, o in (part.split(":") for part in filter(None, after.split(",")))}
+    return sum(max(0, offset - start.get(p, offset)) for p, offset in end.items())
 
 
 def read_live(s: Services, cursor: str | None, args: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,8 @@ ACTIONS = frozenset({
     "settings.started", "settings.changed",
     "privacy.deletion_requested", "privacy.deletion_completed", "privacy.deletion_failed",
     "plan.changed", "quarantine.replayed", "alert.silenced", "alert.unsilenced",
+    "cohort.created", "cohort.updated", "cohort.deleted", "trend_alert.created", "trend_alert.updated",
+    "trend_alert.deleted",
     "login.succeeded", "login.failed",
 })  # fmt: skip
 ACTOR_KINDS = ("user", "key", "cli", "system")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from headwater.core.errors import QueryError
-from headwater.insights import from_rollups
+from headwater.insights import anomaly, from_rollups
 from headwater.insights import sql as compile_sql
 from headwater.insights.spec import (
     INSIGHT,
@@ -53,20 +53,31 @@ COMPILERS: dict[type, Any] = {
 }
 
 
-def compile_query(query: Any, shred: compile_sql.Shreds | None = None) -> str:
+def compile_query(
+    query: Any, shred: compile_sql.Shreds | None = None, cohorts: compile_sql.CohortResolver | None = None
+) -> str:
     """The one SQL statement an insight runs; `shred` names the shredded property columns the
-    `events` view exposes (without it every property is read from the JSON)."""
+    `events` view exposes (without it every property is read from the JSON); `cohorts` gives the members SQL of
+    the saved cohorts it refers to (inlined as CTEs)."""
     compiler = COMPILERS.get(type(query))
     if compiler is None:
         raise InsightError(f"unknown insight {type(query).__name__}")
-    return str(compiler(query, shred or compile_sql.NO_SHREDS))
+    shred = shred or compile_sql.NO_SHREDS
+    return compile_sql.with_cohorts(str(compiler(query, shred)), query, cohorts, shred)
 
 
 class InsightEngine:
-    """Insights over a QueryEngine; results are cached per (SQL, table versions)."""
+    """Insights over a QueryEngine; results are cached per (SQL, table versions). `cohorts` resolves the saved
+    cohorts that `$cohort` filters and breakdowns name (the server passes its cohort store's)."""
 
-    def __init__(self, query_engine: QueryEngine, cache_entries: int = 256) -> None:
+    def __init__(
+        self,
+        query_engine: QueryEngine,
+        cache_entries: int = 256,
+        cohorts: compile_sql.CohortResolver | None = None,
+    ) -> None:
         self.query = query_engine
+        self.cohorts = cohorts
         self._cache: OrderedDict[tuple[str, tuple[str, ...]], dict[str, Any]] = OrderedDict()
         self._size = cache_entries
         self._lock = threading.Lock()
@@ -103,8 +114,10 @@ class InsightEngine:
     def run(self, spec: dict[str, Any] | Any) -> dict[str, Any]:
         query = self.counted(parse(spec) if isinstance(spec, dict) else spec)
         version = self.query.data_version()
-        sql = compile_query(query, self.shreds(version))
-        key = (sql, version)
+        sql = compile_query(query, self.shreds(version), self.cohorts)
+        history = anomaly.history_query(query)  # bands and forecasts read the span before date_from too
+        history_sql = compile_query(history, self.shreds(version), self.cohorts) if history is not None else ""
+        key = (f"{sql}\n{history_sql}\n{anomaly.signature(query)}" if history is not None else sql, version)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -113,6 +126,9 @@ class InsightEngine:
         started = time.perf_counter()
         columns, rows, truncated, answered_by = self._rows(query, sql)
         shaped = shape(query, columns, rows)
+        if history is not None:
+            earlier = shape(history, *self._rows(history, history_sql)[:2])
+            anomaly.annotate(query, shaped, earlier, datetime.now(UTC))
         if isinstance(query, TimelineQuery) and query.count_by == "persons":
             shaped.update(self._identities(query))
         answer = {
@@ -124,6 +140,8 @@ class InsightEngine:
             "cached": False,
             "answered_by": answered_by,
         }
+        if history is not None:
+            answer["history_sql"] = history_sql
         with self._lock:
             self._cache[key] = answer
             while len(self._cache) > self._size:

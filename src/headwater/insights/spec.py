@@ -15,6 +15,7 @@ COLUMNS = (
     "region", "city", "ip", "channel", "referrer_domain", "utm_source", "utm_medium", "utm_campaign", "utm_term",
     "utm_content", "click_id", "is_bot", "bot_reason",
 )  # fmt: skip
+COHORT = "$cohort"  # Filter property / breakdown naming saved cohorts (members SQL inlined as CTEs by insights/sql.py)
 Interval = Literal["hour", "day", "week", "month"]
 CountBy = Literal["persons", "ids"]
 
@@ -40,10 +41,29 @@ class Filter(Spec):
 
     @model_validator(mode="after")
     def _value_needed(self) -> Filter:
+        if self.property == COHORT:  # a saved cohort's members (headwater.cohorts): {"op": "eq"|"neq", "value": id}
+            if self.op not in ("eq", "neq"):
+                raise ValueError(f"op: {COHORT} takes eq or neq, got {self.op!r}")
+            if isinstance(self.value, bool) or not str(self.value).isdigit():
+                raise ValueError(f"value: {COHORT} needs a cohort id (an integer)")
+            self.value = int(str(self.value))
         if self.op not in ("is_set", "is_not_set") and self.value is None:
             raise ValueError(f"value: required for op {self.op!r}")
         if self.op in ("gt", "gte", "lt", "lte") and not isinstance(self.value, int | float):
             raise ValueError(f"value: op {self.op!r} needs a number")
+        return self
+
+
+class CohortBreakdown(Spec):
+    """`breakdown: "$cohort"` with `breakdown_cohorts: [ids]`: one line (trend) or row (funnel) per cohort, labelled
+    with its name; a person in several cohorts counts in each, people in none of them are left out."""
+
+    breakdown_cohorts: list[int] = Field([], max_length=20)
+
+    @model_validator(mode="after")
+    def _cohorts_named(self) -> CohortBreakdown:
+        if getattr(self, "breakdown", None) == COHORT and not self.breakdown_cohorts:
+            raise ValueError(f"breakdown_cohorts: required with breakdown {COHORT!r}")
         return self
 
 
@@ -71,7 +91,7 @@ class TrendSeries(Spec):
         return self
 
 
-class TrendQuery(DateRange):
+class TrendQuery(DateRange, CohortBreakdown):
     kind: Literal["trend"] = "trend"
     series: list[TrendSeries] = Field(min_length=1, max_length=10)
     interval: Interval = "day"
@@ -79,6 +99,10 @@ class TrendQuery(DateRange):
     top_n: int = Field(10, ge=1, le=100)
     compare: bool = False
     filters: list[Filter] = []
+    anomalies: bool = False
+    """Add each line's expected band and mark points outside it (insights/anomaly.py)."""
+    forecast: int = Field(0, ge=0, le=366)
+    """Extend each line this many intervals ahead, with an interval and a backtested error (insights/forecast.py)."""
 
 
 class FunnelStep(Spec):
@@ -92,7 +116,7 @@ class Exclusion(Spec):
     to_step: int | None = None
 
 
-class FunnelQuery(DateRange):
+class FunnelQuery(DateRange, CohortBreakdown):
     kind: Literal["funnel"] = "funnel"
     steps: list[FunnelStep] = Field(min_length=2, max_length=10)
     window_seconds: int = Field(14 * 86400, ge=1, le=365 * 86400)
@@ -129,6 +153,7 @@ class JourneyQuery(DateRange):
     direction: Literal["after", "before"] = "after"
     depth: int = Field(4, ge=1, le=10)
     top: int = Field(50, ge=1, le=500)
+    filters: list[Filter] = []  # which events make up the paths (a `$cohort` filter: whose paths)
 
 
 class ExperimentQuery(DateRange):
@@ -142,6 +167,7 @@ class ExperimentQuery(DateRange):
     window_seconds: int = Field(14 * 86400, ge=1, le=365 * 86400)
     control: str | None = None
     confidence: float = Field(0.95, gt=0.5, lt=1)
+    filters: list[Filter] = []  # on the exposure events (a `$cohort` filter: who is counted)
 
 
 class TimelineQuery(Insight):

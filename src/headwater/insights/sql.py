@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from headwater.insights.spec import (
+    COHORT,
     COLUMNS,
     CatalogQuery,
     ExperimentQuery,
@@ -28,6 +30,16 @@ Shreds = Mapping[str, Shred]
 NO_SHREDS: Shreds = {}
 PERSON = "coalesce(user_id, anonymous_id)"  # an id: what `count_by: ids` counts
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+class CohortResolver(Protocol):
+    def __call__(self, cohort_id: int, actor: str, shred: Shreds = ..., /) -> tuple[str, str]:
+        """(name, members SQL: `SELECT ... AS member`) of a saved cohort counted as `actor`, reading the shredded
+        property columns `shred` names; raises InsightError when there is no such cohort."""
+        ...
+
+
+COHORT_LABELS = "cohort_labels"  # the CTE of (member, label) rows a `$cohort` breakdown joins
 
 
 def actor(q: Insight, table: str = "") -> str:
@@ -87,7 +99,14 @@ def number(name: str, shred: Shreds = NO_SHREDS) -> str:
     return f"TRY_CAST({prop(name, shred)} AS DOUBLE)"
 
 
-def filter_sql(item: Filter, shred: Shreds = NO_SHREDS) -> str:
+def cohort_cte(cohort_id: int) -> str:
+    return f"cohort_{cohort_id}"
+
+
+def filter_sql(item: Filter, shred: Shreds = NO_SHREDS, who: str = PERSON) -> str:
+    """A filter's condition; `who`: the insight's actor, which a `$cohort` filter looks up in the cohort's CTE."""
+    if item.property == COHORT:
+        return f"{who} {'IN' if item.op == 'eq' else 'NOT IN'} (SELECT member FROM {cohort_cte(int(str(item.value)))})"
     expr = prop(item.property, shred)
     if item.op == "is_set":
         return f"{expr} IS NOT NULL"
@@ -108,29 +127,34 @@ def where(*conditions: str) -> str:
     return " AND ".join(f"({c})" for c in kept) if kept else "TRUE"
 
 
-def filters_sql(filters: list[Filter], shred: Shreds = NO_SHREDS) -> str:
-    return where(*(filter_sql(f, shred) for f in filters))
+def filters_sql(filters: list[Filter], shred: Shreds = NO_SHREDS, who: str = PERSON) -> str:
+    return where(*(filter_sql(f, shred, who) for f in filters))
 
 
 def trend_sql(q: TrendQuery, shred: Shreds = NO_SHREDS) -> str:
     span = int((q.date_to - q.date_from).total_seconds())
     periods = [("current", 0), ("previous", span)] if q.compare else [("current", 0)]
     parts = []
+    who = actor(q)
+    by_cohort = q.breakdown == COHORT
+    source = f"events JOIN {COHORT_LABELS} ON {COHORT_LABELS}.member = {who}" if by_cohort else "events"
     for index, series in enumerate(q.series):
         value = number(series.property, shred) if series.property else "NULL"
         breakdown = f"coalesce(CAST({prop(q.breakdown, shred)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
+        if by_cohort:
+            breakdown = f"{COHORT_LABELS}.label"
         for period, shift in periods:
             cond = where(
                 f"event = {lit(series.event)}",
                 f"timestamp >= {ts(q.date_from)} - INTERVAL {shift} SECOND",
                 f"timestamp < {ts(q.date_to)} - INTERVAL {shift} SECOND",
-                filters_sql(series.filters, shred),
-                filters_sql(q.filters, shred),
+                filters_sql(series.filters, shred, who),
+                filters_sql(q.filters, shred, who),
             )
             parts.append(
                 f"SELECT {index} AS series, '{period}' AS period, "
                 f"date_trunc('{q.interval}', timestamp + INTERVAL {shift} SECOND) AS bucket, "
-                f"{breakdown} AS breakdown, {actor(q)} AS person, {value} AS v FROM events WHERE {cond}"
+                f"{breakdown} AS breakdown, {who} AS person, {value} AS v FROM {source} WHERE {cond}"
             )
     measures = []
     for index, series in enumerate(q.series):
@@ -144,7 +168,7 @@ def trend_sql(q: TrendQuery, shred: Shreds = NO_SHREDS) -> str:
             agg = f"{series.measure}(v)"
         measures.append(f"WHEN {index} THEN CAST({agg} AS DOUBLE)")
     label = "breakdown"
-    if q.breakdown:
+    if q.breakdown and not by_cohort:
         label = "CASE WHEN breakdown IN (SELECT breakdown FROM top) THEN breakdown ELSE '(other)' END"
     body = "\n  UNION ALL ".join(parts)
     return (
@@ -157,17 +181,53 @@ def trend_sql(q: TrendQuery, shred: Shreds = NO_SHREDS) -> str:
 
 
 def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
+    ctes = funnel_ctes(q, shred)
     n = len(q.steps)
+    if q.order == "any":
+        times = ", ".join(f"NULL::DOUBLE AS median_s{i}, NULL::DOUBLE AS avg_s{i}" for i in range(1, n))
+    else:
+        times = ", ".join(
+            f"median(epoch(t{i}) - epoch(t{i - 1})) AS median_s{i}, avg(epoch(t{i}) - epoch(t{i - 1})) AS avg_s{i}"
+            for i in range(1, n)
+        )
+    source = "best"
+    if q.breakdown == COHORT:  # the person's cohorts, not a property of the first step
+        source = f"(SELECT best.* REPLACE ({COHORT_LABELS}.label AS breakdown) FROM best JOIN {COHORT_LABELS} "
+        source += f"ON {COHORT_LABELS}.member = best.person)"
+    ctes.append(
+        f"top AS (SELECT breakdown FROM {source} GROUP BY breakdown ORDER BY count(*) DESC, breakdown LIMIT {q.top_n})"
+    )
+    label = "CASE WHEN breakdown IN (SELECT breakdown FROM top) THEN breakdown ELSE '(other)' END"
+    if q.breakdown == COHORT:
+        label = "breakdown"
+    counts = ", ".join(f"count(*) FILTER (WHERE depth >= {i + 1}) AS step{i}" for i in range(n))
+    return (
+        "WITH " + ",\n".join(ctes) + f"\nSELECT {label if q.breakdown else 'NULL'} AS breakdown, {counts}, {times}\n"
+        f"FROM {source} GROUP BY ALL ORDER BY step0 DESC, breakdown"
+    )
+
+
+def funnel_people_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
+    """Each person who started the funnel with the depth of their deepest attempt (`person`, `depth`: 1 = step 0)."""
+    return "WITH " + ",\n".join(funnel_ctes(q, shred)) + "\nSELECT person, depth FROM best"
+
+
+def funnel_ctes(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> list[str]:
+    """The funnel's CTEs up to `best`: one row per person, their deepest attempt (`depth`, step times `t<i>`)."""
+    n = len(q.steps)
+    who = actor(q)
     window = f"INTERVAL {q.window_seconds} SECOND"
     flags = [
-        f"({where(f'event = {lit(step.event)}', filters_sql(step.filters, shred))}) AS s{i}"
+        f"({where(f'event = {lit(step.event)}', filters_sql(step.filters, shred, who))}) AS s{i}"
         for i, step in enumerate(q.steps)
     ]
     flags += [f"(event = {lit(x.event)}) AS x{i}" for i, x in enumerate(q.exclusions)]
-    breakdown = f"coalesce(CAST({prop(q.breakdown, shred)} AS VARCHAR), '(none)')" if q.breakdown else "NULL"
+    breakdown = "NULL"
+    if q.breakdown and q.breakdown != COHORT:
+        breakdown = f"coalesce(CAST({prop(q.breakdown, shred)} AS VARCHAR), '(none)')"
     relevant = " OR ".join([f"s{i}" for i in range(n)] + [f"x{i}" for i in range(len(q.exclusions))])
     events_cond = where(
-        f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)} + {window}", filters_sql(q.filters, shred)
+        f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)} + {window}", filters_sql(q.filters, shred, who)
     )
     ctes = [
         f"e AS (SELECT * FROM (SELECT {actor(q)} AS person, timestamp AS ts, event_id, {breakdown} AS breakdown, "
@@ -184,7 +244,6 @@ def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
             for i in range(n)
         )
         ctes.append(f"attempts AS (SELECT a.*, {reached} AS depth FROM a)")
-        times = ", ".join(f"NULL::DOUBLE AS median_s{i}, NULL::DOUBLE AS avg_s{i}" for i in range(1, n))
     else:
         ctes.append(f"a0 AS (SELECT person, ts AS t0, breakdown FROM e WHERE s0 AND ts < {ts(q.date_to)})")
         for i in range(1, n):
@@ -216,29 +275,17 @@ def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
             )
         keep = f" WHERE NOT ({' OR '.join(excluded)})" if excluded else ""
         ctes.append(f"attempts AS (SELECT a.*, {depth} AS depth FROM a{n - 1} a{keep})")
-        times = ", ".join(
-            f"median(epoch(t{i}) - epoch(t{i - 1})) AS median_s{i}, avg(epoch(t{i}) - epoch(t{i - 1})) AS avg_s{i}"
-            for i in range(1, n)
-        )
     ctes.append(
         "best AS (SELECT * FROM attempts QUALIFY row_number() OVER (PARTITION BY person ORDER BY depth DESC, t0) = 1)"
     )
-    ctes.append(
-        f"top AS (SELECT breakdown FROM best GROUP BY breakdown ORDER BY count(*) DESC, breakdown LIMIT {q.top_n})"
-    )
-    label = "CASE WHEN breakdown IN (SELECT breakdown FROM top) THEN breakdown ELSE '(other)' END"
-    counts = ", ".join(f"count(*) FILTER (WHERE depth >= {i + 1}) AS step{i}" for i in range(n))
-    return (
-        "WITH " + ",\n".join(ctes) + f"\nSELECT {label if q.breakdown else 'NULL'} AS breakdown, {counts}, {times}\n"
-        "FROM best GROUP BY ALL ORDER BY step0 DESC, breakdown"
-    )
+    return ctes
 
 
 def retention_sql(q: RetentionQuery, shred: Shreds = NO_SHREDS) -> str:
     period = q.period
     return (
         f"WITH firsts AS (SELECT {actor(q)} AS person, min(timestamp) AS first_ts FROM events "
-        f"WHERE {where(f'event = {lit(q.start_event)}', filters_sql(q.filters, shred))} GROUP BY person),\n"
+        f"WHERE {where(f'event = {lit(q.start_event)}', filters_sql(q.filters, shred, actor(q)))} GROUP BY person),\n"
         f"cohort AS (SELECT person, date_trunc('{period}', first_ts) AS cohort FROM firsts "
         f"WHERE first_ts >= {ts(q.date_from)} AND first_ts < {ts(q.date_to)}),\n"
         f"returns AS (SELECT DISTINCT c.person, c.cohort, "
@@ -253,8 +300,9 @@ def retention_sql(q: RetentionQuery, shred: Shreds = NO_SHREDS) -> str:
 
 
 def journey_sql(q: JourneyQuery, shred: Shreds = NO_SHREDS) -> str:
-    del shred
-    window = where(f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)}")
+    window = where(
+        f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)}", filters_sql(q.filters, shred, actor(q))
+    )
     if q.direction == "after":
         span, order = f"s.rn BETWEEN a.rn0 AND a.rn0 + {q.depth}", "ASC"
     else:
@@ -283,6 +331,7 @@ def experiment_sql(q: ExperimentQuery, shred: Shreds = NO_SHREDS) -> str:
         f"timestamp >= {ts(q.date_from)}",
         f"timestamp < {ts(q.date_to)}",
         f"{variant} IS NOT NULL",
+        filters_sql(q.filters, shred, actor(q)),
     )
     return (
         f"WITH exposures AS (SELECT person, arg_min(variant, (ts, event_id)) AS variant, min(ts) AS exposed_at "
@@ -339,3 +388,47 @@ def catalog_sql(q: CatalogQuery, shred: Shreds = NO_SHREDS) -> str:
         "WHERE properties IS NOT NULL) GROUP BY ALL\n"
         "ORDER BY kind, event, property, type"
     )
+
+
+def cohort_ids(q: object) -> list[int]:
+    """The saved cohorts an insight refers to (`$cohort` filters, a `$cohort` breakdown), in first-use order."""
+    found: list[int] = []
+    groups = [getattr(q, "filters", [])]
+    groups += [part.filters for part in getattr(q, "series", []) + getattr(q, "steps", [])]
+    for group in groups:
+        found += [int(str(f.value)) for f in group if f.property == COHORT]
+    if getattr(q, "breakdown", None) == COHORT:
+        found += list(getattr(q, "breakdown_cohorts", []))
+    return list(dict.fromkeys(found))
+
+
+def with_cohorts(sql: str, q: Insight, resolver: CohortResolver | None, shred: Shreds = NO_SHREDS) -> str:
+    """`sql` with the members of the cohorts it refers to as CTEs in front (`cohort_<id>`, and `cohort_labels`
+    for a breakdown), so the SQL shown is the SQL run and a changed cohort changes the text (the cache key)."""
+    ids = cohort_ids(q)
+    if not ids:
+        return sql
+    from headwater.insights.engine import InsightError  # the engine imports this module
+
+    if resolver is None:
+        raise InsightError("cohorts are not available here (no cohort store)")
+    who = actor(q)
+    names: dict[int, str] = {}
+    ctes = []
+    for cohort_id in ids:
+        name, members = resolver(cohort_id, who, shred)
+        names[cohort_id] = name
+        ctes.append(f"{cohort_cte(cohort_id)} AS (\n  {members}\n)")
+    if getattr(q, "breakdown", None) == COHORT:
+        chosen = list(dict.fromkeys(getattr(q, "breakdown_cohorts", [])))
+        taken = [names[i] for i in chosen]
+        labels = [names[i] if taken.count(names[i]) == 1 else f"{names[i]} (#{i})" for i in chosen]
+        union = " UNION ALL ".join(
+            f"SELECT member, {lit(label)} AS label FROM {cohort_cte(i)}"
+            for i, label in zip(chosen, labels, strict=True)
+        )
+        ctes.append(f"{COHORT_LABELS} AS ({union})")
+    head = "WITH " + ",\n".join(ctes)
+    if sql.startswith("WITH "):
+        return head + ",\n" + sql[len("WITH ") :]
+    return head + "\n" + sql

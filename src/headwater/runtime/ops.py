@@ -95,6 +95,25 @@ class ModelJob:
         return self.scheduler.tick(datetime.fromtimestamp(now, UTC))
 
 
+def trend_alerts(settings: Settings) -> Any:
+    """The trend alert rules (alerts/trends.py) as a condition source; their saved trends run in this process on an
+    InsightEngine (with cohorts) opened at the first evaluation."""
+    from headwater.alerts.evaluator import dashboard_base
+    from headwater.alerts.trends import TrendAlertSource
+    from headwater.boards.store import BoardStore
+
+    def runner() -> Any:
+        from headwater.cohorts.store import CohortStore
+        from headwater.insights.engine import InsightEngine
+        from headwater.query.engine import QueryEngine
+
+        cohorts = CohortStore(settings.store_uri("app"))
+        return InsightEngine(QueryEngine(settings), cache_entries=64, cohorts=cohorts.resolver).run
+
+    boards = BoardStore(settings.store_uri("app"))
+    return TrendAlertSource(settings, boards.insight, runner, dashboard_base(settings))
+
+
 class OpsLoop:
     """Calls each job's `tick(now)` at its own interval while this node holds the ops lease."""
 
@@ -116,7 +135,8 @@ class OpsLoop:
         if settings.alerts_enabled:
             from headwater.alerts.evaluator import AlertEvaluator
 
-            self.jobs.append(("alerts", AlertEvaluator(settings, self.engine), settings.alert_interval_s))
+            evaluator = AlertEvaluator(settings, self.engine, extra_conditions=[trend_alerts(settings)])
+            self.jobs.append(("alerts", evaluator, settings.alert_interval_s))
         self.last: dict[str, float] = {}
 
     def run(self, stop: threading.Event) -> None:
