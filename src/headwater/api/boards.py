@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +24,7 @@ from headwater.api.audit import record
 from headwater.api.principal import Principal, authenticate
 from headwater.api.processors import NotFound, ProcessorRegistry
 from headwater.boards.render import ProcessorData, run_dashboard, stream_rows
-from headwater.boards.store import ProcessorOutputs
+from headwater.boards.store import BoardRange, ProcessorOutputs, validation_errors
 from headwater.core.errors import AuthError, LogError, QueryError
 from headwater.live.tail import LiveTail
 
@@ -43,6 +44,32 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise QueryError("body: expected a JSON object")
     return doc
+
+
+def _overrides(request: Request) -> dict[str, Any] | None:
+    """`?last_days=7`, `?date_from=..&date_to=..`, `?filters=<JSON list>`: the board's range and filters
+    replaced for one run (a viewer may explore; saving needs the analyze permission)."""
+    params = request.query_params
+    given: dict[str, Any] = {}
+    if params.get("last_days"):
+        given["last_days"] = params["last_days"]
+    if params.get("date_from") or params.get("date_to"):
+        given.update(date_from=params.get("date_from"), date_to=params.get("date_to"))
+    if params.get("filters"):
+        try:
+            given["filters"] = orjson.loads(params["filters"])
+        except orjson.JSONDecodeError:
+            raise QueryError("filters: expected a JSON list of filters") from None
+    if not given:
+        return None
+    try:
+        parsed = BoardRange.model_validate(given)
+    except ValidationError as exc:
+        raise QueryError(validation_errors(exc)) from None
+    chosen = parsed.model_dump(mode="json", include=set(given))
+    if "date_from" in given:
+        chosen["last_days"] = None
+    return chosen
 
 
 def _int(request: Request, name: str) -> int:
@@ -90,9 +117,9 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
         s = services()
         return ProcessorReads(s.processors, s.live)
 
-    def run(dashboard_id: int) -> dict[str, Any]:
+    def run(dashboard_id: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         s = services()
-        return run_dashboard(s.boards, s.insights, dashboard_id, reads())
+        return run_dashboard(s.boards, s.insights, dashboard_id, reads(), overrides)
 
     def guarded(handler: Handler, write_permission: str = "analyze") -> Callable[[Request], Awaitable[Response]]:
         """Reads need `view`; changes need `write_permission`. Errors become JSON with their status."""
@@ -139,7 +166,10 @@ def board_routes(services: Callable[[], Any]) -> list[Route]:
         s = services()
         dashboard_id = _int(request, "id")
         if request.method == "GET":
-            return await s.query_slots.run(run, dashboard_id)  # QueryBusy -> 429 (the app's handler)
+            if request.query_params.get("run") in ("0", "false"):
+                return s.boards.dashboard(dashboard_id)  # the saved board alone, quick (e.g. to add a tile)
+            overrides = _overrides(request)
+            return await s.query_slots.run(run, dashboard_id, overrides)  # QueryBusy -> 429 (the app's handler)
         if request.method == "DELETE":
             s.boards.delete_dashboard(dashboard_id)
             return {"success": True}

@@ -36,19 +36,76 @@ class ProcessorData(Protocol):
         ...
 
 
-def apply_board(query: dict[str, Any], board: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
-    """The tile's query with the board's shared date range and filters applied."""
+def apply_board(
+    query: dict[str, Any], board: dict[str, Any], now: datetime | None = None, display: str = "chart"
+) -> dict[str, Any]:
+    """The tile's query with the board's shared date range and filters applied; a number tile's trend is
+    run with `compare` (the previous period of the same length) for its change."""
     query = dict(query)
     kind = query.get("kind")
-    if board.get("last_days") and kind in RANGED:
-        # up to the end of the current minute: includes what just arrived, and keeps the SQL (the cache key)
-        # the same for a minute
-        end = (now or datetime.now(UTC)).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    if kind in RANGED and board.get("date_from") and board.get("date_to"):
+        query["date_from"], query["date_to"] = str(board["date_from"]), str(board["date_to"])
+    elif kind in RANGED and board.get("last_days"):
+        # "last N days": today and the N-1 days before, in whole UTC days (as the builder's presets), so that
+        # trends and retention are answered from the rollups; "last 1 day" is the last 24 h up to the end of the
+        # current minute. Either way what just arrived counts, and the SQL (the cache key) stays put a while.
+        current = (now or datetime.now(UTC)).astimezone(UTC)
+        if board["last_days"] == 1:
+            end = current.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        else:
+            end = current.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
         query["date_to"] = end.isoformat()
         query["date_from"] = (end - timedelta(days=board["last_days"])).isoformat()
     if board.get("filters") and kind in FILTERED:
         query["filters"] = [*query.get("filters", []), *board["filters"]]
+    if display == "number" and kind == "trend":
+        query["compare"] = True
     return query
+
+
+def _value(measure: str, points: list[list[Any]]) -> float | None:
+    """One number for a series over the range: the total of counts and sums; the lowest minimum, the highest
+    maximum; otherwise (distinct users, averages, percentiles) the mean over the intervals that have a value
+    (distinct users per interval do not add up to distinct users over the range)."""
+    values = [float(p[1]) for p in points if p[1] is not None]
+    if not values:
+        return None
+    if measure in ("count", "sum"):
+        return sum(values)
+    if measure == "min":
+        return min(values)
+    if measure == "max":
+        return max(values)
+    return sum(values) / len(values)
+
+
+NUMBER_LABELS = {"count": "total", "sum": "total", "min": "lowest", "max": "highest", "users": "average per {interval}"}
+
+
+def number_summary(query: dict[str, Any], result: list[dict[str, Any]]) -> dict[str, Any]:
+    """A number tile's figure: the first series (without breakdown: all of it) over the range, the same over
+    the previous period of the same length, and the relative change (None when the previous is 0 or absent)."""
+    first = (query.get("series") or [{}])[0]
+    measure = first.get("measure", "count")
+    current = [s for s in result if s.get("series", 0) == 0 and s.get("period") == "current"]
+    previous = [s for s in result if s.get("series", 0) == 0 and s.get("period") == "previous"]
+
+    def combined(lines: list[dict[str, Any]]) -> float | None:
+        if not lines:
+            return None
+        if len(lines) == 1 or measure in ("count", "sum"):  # breakdown values add up for counts and sums
+            found = [_value(measure, line["points"]) for line in lines]
+            kept = [v for v in found if v is not None]
+            return sum(kept) if kept else None
+        return _value(measure, lines[0]["points"])
+
+    value, before = combined(current), combined(previous)
+    if measure in ("count", "users", "sum") and query.get("compare"):  # no line: nothing happened, 0
+        value, before = value or 0.0, before or 0.0
+    change = (value - before) / before if value is not None and before else None
+    label = NUMBER_LABELS.get(measure, "average per {interval}").format(interval=query.get("interval", "day"))
+    return {"value": value, "previous": before, "change": change, "label": label, "event": first.get("event"),
+            "measure": measure}  # fmt: skip
 
 
 def measure(value: Any, field: str | None) -> float | None:
@@ -103,9 +160,17 @@ def _processor_tile(tile: dict[str, Any], processors: ProcessorData | None) -> d
 
 
 def run_dashboard(
-    store: BoardStore, insights: InsightEngine, dashboard_id: int, processors: ProcessorData | None = None
+    store: BoardStore,
+    insights: InsightEngine,
+    dashboard_id: int,
+    processors: ProcessorData | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Every tile's data; `overrides` (a validated BoardRange's fields) replace the saved range and filters
+    for this run only (a viewer exploring the board)."""
     board = store.dashboard(dashboard_id)
+    if overrides:
+        board = {**board, **overrides, "overridden": sorted(overrides)}
     tiles = []
     for tile in board["tiles"]:
         if tile.get("state") or (tile.get("live") or {}).get("stream"):
@@ -117,8 +182,11 @@ def run_dashboard(
         saved = store.insight(tile["insight_id"])
         entry: dict[str, Any] = {**tile, "name": saved["name"], "kind": saved["query"].get("kind")}
         try:
-            answer = insights.run(apply_board(saved["query"], board))
+            query = apply_board(saved["query"], board, display=tile.get("display") or "chart")
+            answer = insights.run(query)
             entry.update(result=answer["result"], sql=answer["sql"], error=None)
+            if query.get("kind") == "trend" and tile.get("display") == "number":
+                entry["number"] = number_summary(query, answer["result"])
         except QueryError as exc:  # one broken tile does not break the board
             entry.update(result=None, sql=None, error=str(exc))
         tiles.append(entry)

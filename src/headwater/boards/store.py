@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,8 +110,9 @@ class Tile(BaseModel):
     state: StateTile | None = None
     x: int = Field(0, ge=0, le=11)
     y: int = Field(0, ge=0, le=1000)
-    w: int = Field(6, ge=1, le=12)
-    h: int = Field(4, ge=1, le=40)
+    w: int = Field(6, ge=1, le=12)  # grid columns of 12
+    h: int = Field(4, ge=1, le=40)  # grid rows of ROW_PX pixels (the page's grid)
+    display: Literal["chart", "number"] = "chart"  # number: a trend's value with its change vs the previous period
 
     @model_validator(mode="after")
     def _one_kind(self) -> Tile:
@@ -119,6 +121,8 @@ class Tile(BaseModel):
                 "a tile has either insight_id or live (events, or a processor's stream) or state "
                 "(a processor's state table), exactly one of them"
             )
+        if self.display == "number" and self.insight_id is None:
+            raise ValueError("display: 'number' is for saved insights (trends)")
         return self
 
 
@@ -143,8 +147,11 @@ def _processor_refs(tiles: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 def _upgrade(body: dict[str, Any]) -> dict[str, Any]:
     """A stored body in the current shape (boards saved before stream and state tiles lack their keys)."""
+    body.setdefault("date_from", None)
+    body.setdefault("date_to", None)
     for tile in body.get("tiles") or []:
         tile.setdefault("state", None)
+        tile.setdefault("display", "chart")
         if tile.get("live") is not None:
             tile["live"].setdefault("stream", None)
     return body
@@ -169,13 +176,29 @@ def check_processor_tiles(
             )
 
 
-class DashboardBody(BaseModel):
-    """A grid of saved insights with a shared date range, shared filters and auto-refresh."""
+class BoardRange(BaseModel):
+    """A board's shared date range and filters: the last `last_days` days, or `date_from`..`date_to` (both
+    given: this wins over last_days), or neither (each insight's own range); filters add to every tile's."""
 
     model_config = ConfigDict(extra="forbid")
-    tiles: list[Tile] = []
-    last_days: int | None = Field(None, ge=1, le=3650)  # shared relative range; None: each insight's own
+    last_days: int | None = Field(None, ge=1, le=3650)
+    date_from: datetime | None = None
+    date_to: datetime | None = None
     filters: list[Filter] = []
+
+    @model_validator(mode="after")
+    def _custom_range(self) -> BoardRange:
+        if (self.date_from is None) != (self.date_to is None):
+            raise ValueError("date_from and date_to: give both (a custom range) or neither")
+        if self.date_from is not None and self.date_to is not None and self.date_to <= self.date_from:
+            raise ValueError("date_to: must be after date_from")
+        return self
+
+
+class DashboardBody(BoardRange):
+    """A grid of saved insights with a shared date range, shared filters and auto-refresh."""
+
+    tiles: list[Tile] = []
     refresh_seconds: int = Field(0, ge=0, le=86400)  # 0: no auto-refresh
 
 
@@ -183,7 +206,8 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _errors(exc: ValidationError) -> str:
+def validation_errors(exc: ValidationError) -> str:
+    """A pydantic error as one line naming each field."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
 
 
@@ -258,7 +282,7 @@ class BoardStore:
         try:
             parsed = DashboardBody.model_validate(body)
         except ValidationError as exc:
-            raise BoardError(_errors(exc)) from None
+            raise BoardError(validation_errors(exc)) from None
         for tile in parsed.tiles:
             if tile.insight_id is not None:
                 self.insight(tile.insight_id)  # must exist

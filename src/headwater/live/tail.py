@@ -130,7 +130,7 @@ class LiveTail:
             if not cursor:
                 rows.reverse()
             return {"events": rows, "cursor": format_cursor(positions)}
-        rows = [self._row(r.value, r.partition, r.offset) for r in records]
+        rows = self._rows(records)
         rows = [
             row for row in rows
             if (event is None or row["event"] == event)
@@ -142,22 +142,37 @@ class LiveTail:
             rows.reverse()  # newest first
         return {"events": rows, "cursor": format_cursor(positions)}
 
-    def _row(self, value: bytes, partition: int, offset: int) -> dict[str, Any]:
+    def _rows(self, records: list[Record]) -> list[dict[str, Any]]:
+        """The records as lake rows (or quarantine rows), in order: one RowBuilder for the whole page."""
         builder = RowBuilder()
-        builder.add(orjson.loads(value), self.log.log_id, partition, offset)
+        placed: list[tuple[bool, int]] = []  # (went to events, its index there)
+        for r in records:
+            events_before, quarantine_before = builder.event_count, builder.quarantine_count
+            builder.add(orjson.loads(r.value), self.log.log_id, r.partition, r.offset)
+            if builder.event_count > events_before:
+                placed.append((True, events_before))
+            elif builder.quarantine_count > quarantine_before:
+                placed.append((False, quarantine_before))
+            else:
+                placed.append((False, -1))  # erased
         events, quarantine = builder.tables()
-        position = {"partition": partition, "offset": offset}
-        if events.num_rows:
-            row = {k: _iso(v) for k, v in events.to_pylist()[0].items()}
-            for name in ("properties", "context", "traits"):
-                row[name] = _json(row[name])
-            return {**row, **position, "rejected": None}
-        q = quarantine.to_pylist()[0]
-        return {
-            "event_id": None, "type": None, "event": None, "user_id": None, "anonymous_id": None,
-            "timestamp": None, "received_at": _iso(q["received_at"]), "source": q["source"],
-            "rejected": q["reason"], "raw": q["raw"], **position,
-        }  # fmt: skip
+        event_rows, quarantine_rows = events.to_pylist(), quarantine.to_pylist()
+        rows = []
+        for record, (is_event, index) in zip(records, placed, strict=True):
+            position = {"partition": record.partition, "offset": record.offset}
+            if is_event:
+                row = {k: _iso(v) for k, v in event_rows[index].items()}
+                for name in ("properties", "context", "traits"):
+                    row[name] = _json(row[name])
+                rows.append({**row, **position, "rejected": None})
+            elif index >= 0:
+                q = quarantine_rows[index]
+                rows.append({
+                    "event_id": None, "type": None, "event": None, "user_id": None, "anonymous_id": None,
+                    "timestamp": None, "received_at": _iso(q["received_at"]), "source": q["source"],
+                    "rejected": q["reason"], "raw": q["raw"], **position,
+                })  # fmt: skip
+        return rows
 
     def close(self) -> None:
         self._reader.close()

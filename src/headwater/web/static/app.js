@@ -2,6 +2,7 @@
 // modules; this one signs in, routes, and holds the small pages (SQL, catalog, keys & users).
 import { alertsPage } from "./alerts.js";
 import { auditPage } from "./audit.js";
+import { cohortsPage } from "./cohorts.js";
 import { dashboardPage, dashboardsPage, sharePage } from "./dashboards.js";
 import { insightsPage } from "./insights.js";
 import { livePage } from "./live.js";
@@ -10,7 +11,8 @@ import { planPage } from "./plan.js";
 import { privacyPage } from "./privacy.js";
 import { processorsPage, streamLive } from "./processors.js";
 import { sourcesPage } from "./sources.js";
-import { api, chart, h, helpers, session, stopTimers, table, view } from "./ui.js";
+import { timelinePage } from "./timeline.js";
+import { api, chart, freshView, h, helpers, session, stopTimers, table } from "./ui.js";
 
 // ---------- pages
 function login() {
@@ -22,8 +24,7 @@ function login() {
     try {
       session.me = await api("/api/login", { method: "POST", body: { name: name.value, password: password.value } });
       session.me = await api("/api/me");
-      location.hash = "#/live";
-      route();
+      route();  // where the visitor was going, else the home page
     } catch (err) { error.textContent = err.message; }
   } }, h("h2", {}, "Sign in"), h("label", {}, "Name", name), h("label", {}, "Password", password), h("div", {}, h("button", { type: "submit" }, "Sign in")), error);
   view.replaceChildren(form);
@@ -101,8 +102,11 @@ async function keys() {
 }
 
 // ---------- routing: `#/<page>/<arg>?<params>` (pages read `app.params`, a URLSearchParams)
+let view = document.getElementById("view");
+
 async function route() {
   stopTimers();
+  view = freshView();
   if (location.pathname.startsWith("/share/")) return sharePage(location.pathname.slice(7));
   if (!session.me) session.me = await api("/api/me").catch(() => null);
   const me = session.me;
@@ -115,12 +119,19 @@ async function route() {
     a.classList.toggle("active", ("#/" + path).startsWith(a.getAttribute("href")));
   }
   const [page, arg] = path.split("/");
-  const app = { ...helpers, params: new URLSearchParams(query || "") };
+  if (!page) {  // home: the first dashboard (the demo's, after `make up`), else the live events
+    const boards = await api("/api/dashboards").catch(() => []);
+    location.replace(boards.length ? `#/dashboard/${boards[0].id}` : "#/live");
+    return;
+  }
+  const app = { ...helpers, view, params: new URLSearchParams(query || "") };
   try {
     if (page === "insights") await insightsPage(app);
     else if (page === "sql") sqlPage(arg ? decodeURIComponent(arg) : undefined);
     else if (page === "dashboards") await dashboardsPage(app);
     else if (page === "dashboard") await dashboardPage(arg, app);
+    else if (page === "cohorts") await cohortsPage(app, arg ? decodeURIComponent(arg) : undefined);
+    else if (page === "timeline") await timelinePage(app, decodeURIComponent(arg || ""));
     else if (page === "catalog") await catalog();
     else if (page === "keys") await keys();
     else if (page === "processors") await processorsPage(app);

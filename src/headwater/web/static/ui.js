@@ -1,7 +1,15 @@
 // Shared helpers of the web app's pages: the element builder, the JSON API client, tables, charts and the
 // current page's timers (stopped when the page changes).
 export const session = { me: null };
-export const view = document.getElementById("view");
+// the page's element: a new one per route (freshView), so that a page answering late after the visitor moved on
+// renders into a detached element instead of over the next page; modules read it when their page starts
+export let view = document.getElementById("view");
+export function freshView() {
+  const next = view.cloneNode(false);
+  view.replaceWith(next);
+  view = next;
+  return next;
+}
 let timers = [];
 
 export const h = (tag, attrs = {}, ...children) => {
@@ -31,9 +39,18 @@ export function table(columns, rows) {
     h("tbody", {}, rows.map((r) => h("tr", {}, r.map((v) => h("td", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v ?? "")))))));
 }
 
+// dark mode follows the system: app.css switches its colours, charts take ECharts' dark theme
+export const darkMode = () => Boolean(window.matchMedia?.("(prefers-color-scheme: dark)").matches);
+
 export function chart(el, option) {
   // charts need a laid-out element: draw now if attached, else right after the caller attaches it
-  const draw = () => echarts.init(el).setOption({ animation: false, tooltip: { trigger: "axis" }, grid: { left: 50, right: 20, top: 30, bottom: 40 }, ...option });
+  const draw = () => {
+    const dark = darkMode();
+    echarts.getInstanceByDom(el)?.dispose();
+    el.dataset.theme = dark ? "dark" : "light";
+    echarts.init(el, dark ? "dark" : null).setOption({ animation: false, tooltip: { trigger: "axis" }, grid: { left: 50, right: 20, top: 30, bottom: 40 },
+      ...(dark ? { backgroundColor: "transparent" } : {}), ...option });
+  };
   if (el.isConnected) draw();
   else requestAnimationFrame(draw);
 }
