@@ -344,6 +344,9 @@ def build_app(settings: Settings) -> IngestApp:
             position = first["cursor"]
             deadline = time.monotonic() + LIVE_STREAM_SECONDS  # bounded: clients reconnect, shutdown is quick
             yield b"retry: 500\n\n"
+            if cursor is not None:  # what arrived after the client's cursor (without one: the newest, not sent)
+                for row in first["events"]:
+                    yield b"id: " + position.encode() + b"\ndata: " + orjson.dumps(row) + b"\n\n"
             while time.monotonic() < deadline and not await request.is_disconnected():
                 try:
                     page = await run_in_threadpool(read_live, s, position, args)
