@@ -14,6 +14,7 @@ from bench.common import emit
 from headwater.core.settings import Settings
 from headwater.lake.importer import Importer
 from headwater.loadgen.generate import NAMES
+from headwater.runtime.stages import build_stages
 
 
 def write_file(path: Path, rows: int) -> None:
@@ -31,20 +32,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("bench/data"))
+    parser.add_argument(
+        "--stages", action="store_true", help="run the lake writer's stages, as `headwater import` does by default"
+    )
     args = parser.parse_args()
     work = args.workdir / "import"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     source = work / "events.ndjson"
     write_file(source, args.rows)
-    importer = Importer(Settings(data_dir=work / "headwater"), source="bench")
+    stages = build_stages if args.stages else None
+    importer = Importer(Settings(data_dir=work / "headwater"), source="bench", stages=stages)
     started = time.perf_counter()
     counts = importer.import_file(source)
     elapsed = time.perf_counter() - started
     rate = counts["rows"] / elapsed
     emit(
-        "import",
+        "import-stages" if args.stages else "import",
         {
+            "stages": args.stages,
             "rows": counts["rows"],
             "bytes": source.stat().st_size,
             "elapsed_s": round(elapsed, 2),
