@@ -87,6 +87,22 @@ def test_partial_interval_and_missing_history() -> None:
     assert all(b[1] is None for b in bands)  # only one week of real references
 
 
+def test_a_range_starting_inside_an_interval_is_not_a_dip() -> None:
+    """A trend from noon (a board's "last 24 h" by hour, an API caller's date_from) holds half its first day."""
+    history = daily(28, START)
+    first = START + timedelta(days=28)
+    points = daily(3, first)
+    points[0][1] = points[0][1] / 2  # only from noon on
+    _, marks = anomaly.band(points, history, "day", True, datetime(2030, 1, 1))
+    assert marks == [[points[0][0], points[0][1], "low"]]  # what it looked like before
+    bands, marks = anomaly.band(points, history, "day", True, datetime(2030, 1, 1), first + timedelta(hours=12))
+    assert marks == [] and bands[0][1] is not None  # still drawn with its band, not marked
+    later = daily(36, first)  # the half day is no reference for the same weekday a week on
+    later[0][1] = 1.0
+    bands, _ = anomaly.band(later, history, "day", True, datetime(2030, 1, 1), first + timedelta(hours=12))
+    assert bands[7][1] == pytest.approx(WEEKDAY[first.weekday()], abs=2)
+
+
 def test_hourly_band_reads_the_hour_of_the_week() -> None:
     start = datetime(2026, 2, 2)
     history = [[(start + timedelta(hours=h)).isoformat(), float(10 + (h % 24))] for h in range(28 * 24)]

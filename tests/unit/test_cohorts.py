@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from headwater.alerts.trends import TrendCondition
+from headwater.boards.store import BoardStore
 from headwater.cohorts.spec import CohortError, parse_definition
 from headwater.cohorts.sql import members_sql
 from headwater.cohorts.store import CohortStore
@@ -109,6 +111,18 @@ def test_funnel_step_and_drop_off(world: dict[str, Any]) -> None:
     dropped = people(world, [{"type": "funnel", "funnel": funnel, "step": 2, "dropped": True}])
     assert len(reached) == counts[1] and len(dropped) == counts[1] - counts[2]
     assert dropped <= reached
+    # as of a moment in the range, only the steps done before it count (the window must not run past it)
+    as_of = D0 + timedelta(days=3)
+    definition = parse_definition({"name": "x", "conditions": [{"type": "funnel", "funnel": funnel, "step": 1}]})
+    early = world["full"].query.execute(members_sql(definition, PERSON, as_of), max_rows=100_000).rows
+    assert {r[0] for r in early} == _converted(world["rows"], as_of, as_of) != _converted(world["rows"], as_of, D1)
+
+
+def _converted(rows: list[dict[str, Any]], starts_before: datetime, steps_before: datetime) -> set[str]:
+    """Who did A in [D0, starts_before) and B within a day after it, before `steps_before`."""
+    a = [(r["user_id"], r["timestamp"]) for r in rows if r["event"] == "A" and D0 <= r["timestamp"] < starts_before]
+    b = [(r["user_id"], r["timestamp"]) for r in rows if r["event"] == "B" and r["timestamp"] < steps_before]
+    return {u for u, t in a if any(v == u and t <= s <= t + timedelta(days=1) for v, s in b)}
 
 
 def test_cohort_of_cohorts_and_store_rules(world: dict[str, Any]) -> None:
@@ -190,3 +204,28 @@ def test_unknown_cohort_and_invalid_specs(world: dict[str, Any]) -> None:
         world["full"].run({**INSIGHTS["trend"], "breakdown": "$cohort"})
     with pytest.raises(InsightError, match="cohorts are not available"):
         world["only"].run({**INSIGHTS["trend"], "filters": cohort_filter(world)})
+
+
+def test_trend_alert_on_one_cohort_line(world: dict[str, Any], tmp_path: Path) -> None:
+    """A trend alert on the "A fans" line of a trend broken down by cohort judges that line (it was turned into a
+    `$cohort` filter with the cohort's name as its value, which every evaluation refused)."""
+    boards = BoardStore(tmp_path / "app.db")
+    by = {
+        "breakdown": "$cohort",
+        "breakdown_cohorts": [world["a3"], world["pro"]],
+        "interval": "day",
+        "count_by": "ids",
+    }
+    saved = boards.save_insight("B by cohort", {**INSIGHTS["trend"], "series": [{"event": "B"}], **by}, "t")
+    rule = {"id": 1, "name": "fans", "insight_id": saved["id"], "series": 0, "breakdown": "A fans", "webhook": "",
+            "mode": "threshold", "op": ">", "threshold": 0.0, "interval": None, "severity": "warning"}  # fmt: skip
+    try:
+        seen = TrendCondition(rule, boards.insight, world["full"].run).check(
+            (D0 + timedelta(days=10, hours=1)).replace(tzinfo=UTC).timestamp()
+        )
+    finally:
+        boards.close()
+    day = D0 + timedelta(days=9)
+    fans = [r for r in world["rows"] if r["event"] == "B" and r["user_id"] in world["members"]]
+    expected = sum(1 for r in fans if day <= r["timestamp"] < day + timedelta(days=1))
+    assert [(line["breakdown"], line["value"]) for line in seen["lines"]] == [("A fans", expected)] and expected

@@ -123,6 +123,16 @@ def test_live_visits_continue_the_people_in_time_order() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_live_visits_at_a_low_rate(name: str) -> None:
+    """`demo_rate` 1 (or 0): blocks of one visit, which brought 0 newcomers and made the shop fail every second."""
+    made = SCENARIOS[name].generate(7, 300, END - 7 * DAY_US, END)
+    for rate in (1.0, 0.0):
+        queue = LiveQueue(made, 7)
+        count = sum(queue.add_block(END + i * 10 * US, rate) for i in range(20))
+        assert count > 0 and len(queue.due(END + 3600 * US)) == count
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_the_demo_board_saves_runnable_insights(name: str, tmp_path: Path) -> None:
     board = create_demo_board(make_settings(tmp_path), name, 30)
     assert board["last_days"] == 30 and len(board["tiles"]) >= 6

@@ -17,7 +17,7 @@ every tick of the evaluator (`alert_interval_s`), anomaly rules at most once a m
 
 The saved trend runs through an InsightEngine with its date range replaced by the two intervals that matter (the
 last complete one and the one in progress), its series by the rule's one, and the breakdown value, if any, turned
-into a filter (`(none)`: the property is not set).
+into a filter (`(none)`: the property is not set; a `$cohort` breakdown's line, named by its cohort, stays a line).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from headwater.core.database import open_store
 from headwater.core.errors import AlertError
 from headwater.core.settings import Settings
 from headwater.insights.anomaly import grid_start, step
-from headwater.insights.spec import INSIGHT, Filter, TrendQuery
+from headwater.insights.spec import COHORT, INSIGHT, Filter, TrendQuery
 
 log = logging.getLogger("headwater.alerts")
 _METADATA = sa.MetaData()
@@ -145,7 +145,7 @@ def window_query(query: TrendQuery, rule: dict[str, Any], now: float) -> TrendQu
     current = grid_start(probe)
     filters = list(query.filters)
     breakdown = query.breakdown
-    if rule["breakdown"] is not None and breakdown is not None and rule["breakdown"] != "(other)":
+    if rule["breakdown"] is not None and breakdown not in (None, COHORT) and rule["breakdown"] != "(other)":
         value = rule["breakdown"]
         filters.append(Filter(property=breakdown, op="is_not_set") if value == "(none)" else
                        Filter(property=breakdown, value=value))  # fmt: skip

@@ -148,6 +148,8 @@ def trend_alert_routes(services: Callable[[], Any]) -> list[Route]:
         if saved is None:
             return error_response(f"no trend alert {found_id}", 404)
         await audit(request, s, who, "trend_alert.updated", found_id, {"name": spec.name})
+        if "manage" not in who.permissions:  # the kept URL was never shown to this caller
+            saved = {**saved, "webhook": bool(saved["webhook"])}
         return json_response(saved)
 
     async def delete(request: Request, s: Any, who: Principal) -> Response:

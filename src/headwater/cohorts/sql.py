@@ -137,4 +137,4 @@ def _funnel(c: InFunnel, actor: str, end: datetime, shred: Shreds) -> str:
     if naive_to > end:
         funnel = funnel.model_copy(update={"date_to": end})
     depth = f"depth = {c.step}" if c.dropped else f"depth >= {c.step + 1}"
-    return f"SELECT person AS member FROM ({funnel_people_sql(funnel, shred)}) WHERE {depth}"
+    return f"SELECT person AS member FROM ({funnel_people_sql(funnel, shred, end)}) WHERE {depth}"

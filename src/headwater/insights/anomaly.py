@@ -10,7 +10,8 @@ The band is a seasonal baseline with a robust spread, computed per point from th
 - band = expected ± 3 · spread (the low edge of a count is at least 0). A point needs at least 3 references to have
   a band (its band entry is then None).
 A point outside its band is an anomaly (`high` above, `low` below), unless its interval is not over yet (it ends
-after `date_to` or after now: a partial interval would look low).
+after `date_to` or after now) or began before `date_from` (a range starting mid-interval): a partial interval
+would look low. Such a first partial point is not a reference for later points nor data for the forecast either.
 
 The engine fetches the history the references need with a second trend query over the span just before
 `date_from` (`history_sql` in the answer). Zero counts before a line's first non-zero value are taken as "no data
@@ -82,12 +83,20 @@ def _known(values: dict[datetime, float | None], counts: bool) -> dict[datetime,
 
 
 def band(
-    points: list[list[Any]], history: list[list[Any]], interval: str, counts: bool, complete_before: datetime
+    points: list[list[Any]],
+    history: list[list[Any]],
+    interval: str,
+    counts: bool,
+    complete_before: datetime,
+    complete_from: datetime | None = None,
 ) -> tuple[list[list[Any]], list[list[Any]]]:
     """(band, anomalies) of one line: `points` and `history` are [[iso, value]] (history: earlier buckets);
-    points whose interval ends after `complete_before` (naive UTC) are never marked."""
+    points whose interval ends after `complete_before` or starts before `complete_from` (naive UTC: the range
+    began inside it, so it holds part of the interval only) are never marked, nor taken as references."""
     values: dict[datetime, float | None] = {parse_iso(at): v for at, v in history}
     values.update({parse_iso(at): v for at, v in points})
+    if complete_from is not None:
+        values = {at: v for at, v in values.items() if at >= complete_from or step(at, 1, interval) <= complete_from}
     known = _known(values, counts)
     season = SEASON_STEPS[interval]
     out: list[list[Any]] = []
@@ -102,6 +111,8 @@ def band(
         expected, low, high = found
         out.append([at, expected, low, high])
         if value is None or step(start, 1, interval) > complete_before:
+            continue
+        if complete_from is not None and start < complete_from:
             continue
         if value > high:
             marks.append([at, value, "high"])
@@ -158,6 +169,7 @@ def annotate(query: TrendQuery, lines: list[dict[str, Any]], history: list[dict[
     """Add `band`/`anomalies` and `forecast` to the current-period lines of a shaped trend (in place)."""
     earlier = {(h["series"], h["breakdown"]): h["points"] for h in history if h["period"] == "current"}
     complete_before = min(naive_utc(query.date_to), naive_utc(now))
+    complete_from = naive_utc(query.date_from)
     if query.breakdown is None:  # a count that fell to nothing in the range: its line of zeros, to compare
         present = {line["series"] for line in lines if line["period"] == "current"}
         grid = [at for at, _ in lines[0]["points"]] if lines else _grid(query)
@@ -174,10 +186,14 @@ def annotate(query: TrendQuery, lines: list[dict[str, Any]], history: list[dict[
         past = earlier.get((line["series"], line["breakdown"]), [])
         counts = line["measure"] in COUNTS
         if query.anomalies:
-            line["band"], line["anomalies"] = band(line["points"], past, query.interval, counts, complete_before)
+            line["band"], line["anomalies"] = band(
+                line["points"], past, query.interval, counts, complete_before, complete_from
+            )
         if query.forecast:
             forecasts += 1
-            line["forecast"] = _forecast(query, past + line["points"], counts, complete_before, forecasts)
+            line["forecast"] = _forecast(
+                query, past + line["points"], counts, complete_before, forecasts, complete_from
+            )
 
 
 MAX_FORECAST_LINES = 20
@@ -191,14 +207,22 @@ def _grid(query: TrendQuery) -> list[str]:
 
 
 def _forecast(
-    query: TrendQuery, points: list[list[Any]], counts: bool, complete_before: datetime, number: int
+    query: TrendQuery,
+    points: list[list[Any]],
+    counts: bool,
+    complete_before: datetime,
+    number: int,
+    complete_from: datetime | None = None,
 ) -> dict[str, Any]:
-    """The forecast of one line from its complete intervals (history and range)."""
+    """The forecast of one line from its complete intervals (history and range; the interval the range began
+    inside is a gap, filled as the model fills gaps)."""
     from headwater.insights.forecast import forecast
 
     if number > MAX_FORECAST_LINES:
         return {"error": f"forecasts are drawn for the first {MAX_FORECAST_LINES} lines only"}
     complete = [(parse_iso(at), v) for at, v in points if step(parse_iso(at), 1, query.interval) <= complete_before]
+    if complete_from is not None:  # the range began inside this interval: part of it only
+        complete = [(at, None if at < complete_from < step(at, 1, query.interval) else v) for at, v in complete]
     if counts:
         first = next((i for i, (_, v) in enumerate(complete) if v), len(complete))
         complete = complete[first:]  # before the first event: no data yet, not zeros

@@ -207,13 +207,15 @@ def funnel_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
     )
 
 
-def funnel_people_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> str:
-    """Each person who started the funnel with the depth of their deepest attempt (`person`, `depth`: 1 = step 0)."""
-    return "WITH " + ",\n".join(funnel_ctes(q, shred)) + "\nSELECT person, depth FROM best"
+def funnel_people_sql(q: FunnelQuery, shred: Shreds = NO_SHREDS, until: datetime | None = None) -> str:
+    """Each person who started the funnel with the depth of their deepest attempt (`person`, `depth`: 1 = step 0);
+    `until`: only the events before it count (a cohort as of a past moment must not see later conversions)."""
+    return "WITH " + ",\n".join(funnel_ctes(q, shred, until)) + "\nSELECT person, depth FROM best"
 
 
-def funnel_ctes(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> list[str]:
-    """The funnel's CTEs up to `best`: one row per person, their deepest attempt (`depth`, step times `t<i>`)."""
+def funnel_ctes(q: FunnelQuery, shred: Shreds = NO_SHREDS, until: datetime | None = None) -> list[str]:
+    """The funnel's CTEs up to `best`: one row per person, their deepest attempt (`depth`, step times `t<i>`);
+    `until`: no event from that time on (else the conversion window may run past `date_to`)."""
     n = len(q.steps)
     who = actor(q)
     window = f"INTERVAL {q.window_seconds} SECOND"
@@ -227,7 +229,10 @@ def funnel_ctes(q: FunnelQuery, shred: Shreds = NO_SHREDS) -> list[str]:
         breakdown = f"coalesce(CAST({prop(q.breakdown, shred)} AS VARCHAR), '(none)')"
     relevant = " OR ".join([f"s{i}" for i in range(n)] + [f"x{i}" for i in range(len(q.exclusions))])
     events_cond = where(
-        f"timestamp >= {ts(q.date_from)}", f"timestamp < {ts(q.date_to)} + {window}", filters_sql(q.filters, shred, who)
+        f"timestamp >= {ts(q.date_from)}",
+        f"timestamp < {ts(q.date_to)} + {window}",
+        f"timestamp < {ts(until)}" if until is not None else "",
+        filters_sql(q.filters, shred, who),
     )
     ctes = [
         f"e AS (SELECT * FROM (SELECT {actor(q)} AS person, timestamp AS ts, event_id, {breakdown} AS breakdown, "

@@ -53,6 +53,8 @@ def _race_of(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _race_ids(race: np.ndarray) -> pa.Array:
+    if not len(race):  # numpy's zfill fails on an empty array (a live block without a cancelled bet)
+        return pa.array([], pa.string())
     day, number = race // RACES_PER_DAY, race % RACES_PER_DAY
     dates = np.datetime_as_string(day.astype("datetime64[D]"))
     meeting = np.char.zfill((number // 8 + 1).astype(str), 2)

@@ -257,6 +257,8 @@ def _truth(
 
 def _grow(rng: np.random.Generator, scenario: Scenario, count: int) -> None:
     """`count` more people who have not arrived yet (ids continue the scenario's)."""
+    if count <= 0:  # a block of fewer than 4 visits (a low live rate) brings nobody new
+        return
     more = population(rng, count, "user", first_user=scenario.people.size)
     plan = rng.choice(len(PLANS[0]), count, p=PLANS[1])
     more.traits["plan"] = pa.array(np.array(PLANS[0])[plan])
