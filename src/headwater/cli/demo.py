@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import fcntl
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,7 +41,7 @@ def start_demo(settings: Settings, url: str, stop: threading.Event, key: str) ->
         except Exception as exc:  # the platform keeps running without the demo history
             console.print(f"demo backfill failed: {escape(str(exc))}")
             return
-        while not stop.is_set():
+        while settings.demo_rate > 0 and not stop.is_set():  # demo_rate 0: the history only
             try:
                 asyncio.run(send_live(url, key, scenario, settings.demo_seed, settings.demo_rate, stop=stop.is_set))
             except Exception as exc:
@@ -59,7 +63,7 @@ def _demo_history(settings: Settings, url: str) -> Any:
     marker = settings.data_dir / "demo.json"
     if not marker.exists():
         child = multiprocessing.get_context("spawn").Process(
-            target=_first_start, args=(settings, url), name="demo-backfill", daemon=True
+            target=_first_start, args=(settings, url, os.getpid()), name="demo-backfill", daemon=True
         )
         child.start()
         child.join()
@@ -69,9 +73,30 @@ def _demo_history(settings: Settings, url: str) -> Any:
     return simulate(saved["scenario"], saved["seed"], saved["users"], saved["days"], saved["end_us"])
 
 
-def _first_start(settings: Settings, url: str) -> None:
+def _first_start(settings: Settings, url: str, parent: int) -> None:
     """Backfill `demo_days`, create the dashboard, write the marker. The end of the history is kept in
-    `demo-pending.json` first: interrupted, the next start imports the same events and the importer resumes."""
+    `demo-pending.json` first: interrupted, the next start imports the same events and the importer resumes.
+    It dies with `up` (even killed with -9) and holds `demo.lock`, so two backfills never run at once."""
+    _die_with(parent)
+    lock = (settings.data_dir / "demo.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held until this process exits
+    if (settings.data_dir / "demo.json").exists():  # another start finished it while this one waited
+        return
+    _backfill_and_board(settings, url)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux), and exit if the parent is gone already."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the lock still keeps two backfills apart
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _backfill_and_board(settings: Settings, url: str) -> None:
     from headwater.loadgen.scenarios import SCENARIOS
     from headwater.loadgen.scenarios.backfill import backfill, simulate
     from headwater.loadgen.scenarios.demo_board import create_demo_board

@@ -410,7 +410,9 @@ class Settings(BaseSettings):
     )
 
     # --- demo
-    demo_rate: float = Field(50.0, ge=0, description="Events per second sent by `headwater up --demo`.")
+    demo_rate: float = Field(
+        50.0, ge=0, description="Events per second sent by `headwater up --demo` after its history (0: none)."
+    )
     demo_key: str | None = Field(None, description="Admin key printed by `up --demo` (created when absent).")
     demo_scenario: Literal["shop", "betting", "app"] = Field(
         "shop",

@@ -101,11 +101,15 @@ def create_demo_board(settings: Settings, scenario: str, days: int, user: str = 
     """Save the insights and the dashboard (ranges: the last `days` days, moving); returns the dashboard."""
     store = BoardStore(settings.store_uri("app"))
     try:
+        title = BOARD_NAMES.get(scenario, "Demo")
+        made = [b for b in store.dashboards() if b["name"] == title]
+        if made:  # a first start interrupted after making it: the same board, not a second one
+            return store.dashboard(made[0]["id"])
         tiles = []
         for name, query, place in insights(days, scenario=scenario):
             saved = store.save_insight(name, query, user)
             tiles.append({"insight_id": saved["id"], **place})
         body = {"tiles": tiles, "last_days": max(1, days), "refresh_seconds": 60}
-        return store.save_dashboard(BOARD_NAMES.get(scenario, "Demo"), body, user)
+        return store.save_dashboard(title, body, user)
     finally:
         store.close()
