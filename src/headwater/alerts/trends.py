@@ -36,6 +36,7 @@ from headwater.alerts.conditions import COMPARE, BaseCondition, Context, Finding
 from headwater.core.database import open_store
 from headwater.core.errors import AlertError
 from headwater.core.settings import Settings
+from headwater.core.validation import field_errors
 from headwater.insights.anomaly import grid_start, step
 from headwater.insights.spec import COHORT, INSIGHT, Filter, TrendQuery
 
@@ -105,16 +106,6 @@ class TrendAlertSpec(BaseModel):
             if url.scheme not in ("http", "https") or not url.netloc:
                 raise ValueError("webhook: an http:// or https:// URL")
         return self
-
-
-def field_errors(exc: ValidationError) -> str:
-    """Pydantic's errors as `field: message; ...` (a model-level error already starts with its field)."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        message = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
 
 
 def saved_trend(saved: dict[str, Any]) -> TrendQuery:

@@ -28,12 +28,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from headwater.alerts.store import AlertStore
-from headwater.alerts.trends import TrendAlertSpec, TrendAlertStore, TrendCondition, check_rule, field_errors
+from headwater.alerts.trends import TrendAlertSpec, TrendAlertStore, TrendCondition, check_rule
 from headwater.api.audit import record
 from headwater.api.principal import Principal, guarded
 from headwater.api.responses import error_response, json_response
 from headwater.auth.audit import ACTIONS
 from headwater.core.errors import AlertError, QueryError
+from headwater.core.validation import field_errors
 
 
 def trend_alert_routes(services: Callable[[], Any]) -> list[Route]:

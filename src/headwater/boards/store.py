@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from headwater.core.database import open_store
 from headwater.core.errors import QueryError
+from headwater.core.validation import field_errors
 from headwater.insights.engine import parse
 from headwater.insights.spec import Filter
 
@@ -208,7 +209,7 @@ def _digest(token: str) -> str:
 
 def validation_errors(exc: ValidationError) -> str:
     """A pydantic error as one line naming each field."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+    return field_errors(exc, "body")
 
 
 class BoardStore:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from headwater.core.errors import QueryError
+from headwater.core.validation import field_errors
 from headwater.insights.spec import COHORT, PROPERTY_NAME, Filter, FunnelQuery, Spec
 from headwater.insights.sql import cohort_ids
 
@@ -108,8 +109,7 @@ def parse_definition(doc: dict[str, Any]) -> CohortDefinition:
     try:
         return DEFINITION.validate_python(doc)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'cohort'}: {e['msg']}" for e in exc.errors())
-        raise CohortError(problems) from None
+        raise CohortError(field_errors(exc, "cohort")) from None
 
 
 def referenced(definition: CohortDefinition) -> list[int]:

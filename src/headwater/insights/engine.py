@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from headwater.core.errors import QueryError
+from headwater.core.validation import field_errors
 from headwater.insights import anomaly, from_rollups
 from headwater.insights import sql as compile_sql
 from headwater.insights.spec import (
@@ -38,8 +39,7 @@ def parse(spec: dict[str, Any]) -> Any:
     try:
         return INSIGHT.validate_python(spec)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'query'}: {err['msg']}" for err in exc.errors())
-        raise InsightError(problems) from None
+        raise InsightError(field_errors(exc, "query")) from None
 
 
 COMPILERS: dict[type, Any] = {
