@@ -106,7 +106,11 @@ def test_kill_9_while_a_queue_a_topic_and_a_directory_are_consumed(
         time.sleep(0.02)
     first.kill_all()
     taken = {s["name"]: records_in(s["name"]) for s in sources}
-    assert all(0 < n < PER_SOURCE[name] for name, n in taken.items()), f"kill came too early or too late: {taken}"
+    # every source had started and at least one was mid-way (status.json is written about once a second, so on a
+    # fast run a small source may have finished by its first report: then it checks that a restart reads nothing
+    # twice, while the sources cut mid-way check that nothing is lost)
+    assert all(n > 0 for n in taken.values()), f"kill came too early: {taken}"
+    assert any(n < PER_SOURCE[name] for name, n in taken.items()), f"kill came too late: {taken}"
 
     second = RunningHeadwater(data_dir, env, keys=keys).start()
     try:
