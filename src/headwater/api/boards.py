@@ -23,6 +23,7 @@ from starlette.routing import Route
 from headwater.api.audit import record
 from headwater.api.principal import Principal, authenticate
 from headwater.api.processors import NotFound, ProcessorRegistry
+from headwater.api.responses import json_object
 from headwater.boards.render import ProcessorData, run_dashboard, stream_rows
 from headwater.boards.store import BoardRange, ProcessorOutputs, validation_errors
 from headwater.core.errors import AuthError, LogError, QueryError
@@ -37,13 +38,7 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise QueryError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise QueryError("body: expected a JSON object")
-    return doc
+    return await json_object(request)
 
 
 def _overrides(request: Request) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +24,7 @@ from starlette.routing import Route
 
 from headwater.api.audit import record
 from headwater.api.principal import Principal, authenticate
-from headwater.api.responses import json_response
+from headwater.api.responses import json_object, json_response
 from headwater.cohorts.sizes import size_points, sizes_sql
 from headwater.cohorts.spec import CohortError, parse_definition
 from headwater.cohorts.sql import members_sql
@@ -44,13 +43,7 @@ def _int(value: str, name: str, default: int, low: int, high: int) -> int:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise CohortError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise CohortError('body: expected a JSON object, e.g. {"name": ..., "conditions": [...]}')
-    return doc
+    return await json_object(request, 'expected a JSON object, e.g. {"name": ..., "conditions": [...]}')
 
 
 def cohort_routes(services: Callable[[], Any]) -> list[Route]:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,7 +30,7 @@ from headwater.alerts.store import AlertStore
 from headwater.alerts.trends import TrendAlertSpec, TrendAlertStore, TrendCondition, check_rule
 from headwater.api.audit import record
 from headwater.api.principal import Principal, guarded
-from headwater.api.responses import error_response, json_response
+from headwater.api.responses import error_response, json_object, json_response
 from headwater.auth.audit import ACTIONS
 from headwater.core.errors import AlertError, QueryError
 from headwater.core.validation import field_errors
@@ -59,11 +58,9 @@ def trend_alert_routes(services: Callable[[], Any]) -> list[Route]:
         """The validated body, checked against its saved trend; the 400 response otherwise. `webhook`: the one kept
         when the body has none (a PUT from someone who is not shown the URL)."""
         try:
-            doc = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            return error_response(f"body is not valid JSON: {exc}", 400)
-        if not isinstance(doc, dict):
-            return error_response("body: a JSON object", 400)
+            doc = await json_object(request, "a JSON object")
+        except QueryError as exc:
+            return error_response(str(exc), 400)
         if webhook is not None:
             doc.setdefault("webhook", webhook)
         try:
