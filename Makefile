@@ -36,7 +36,7 @@ services:  ## real Kafka, S3 (s3proxy) and Spark jars from Maven Central into .t
 	@command -v ss >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null)  # the chaos test watches sockets
 
 up: install  ## start everything on embedded defaults, with demo traffic
-	HEADWATER_MODELS_DIR=$${HEADWATER_MODELS_DIR:-examples/models} $(VENV)/bin/headwater up --demo
+	HEADWATER_MODELS_DIR=$${HEADWATER_MODELS_DIR:-examples/models} HEADWATER_SQL_PORT=$${HEADWATER_SQL_PORT:-5433} $(VENV)/bin/headwater up --demo
 
 lint: install  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check src tests bench examples

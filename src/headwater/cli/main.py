@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import os
 import signal
 import sys
 import threading
@@ -31,6 +32,15 @@ app = typer.Typer(help="Headwater: self-hosted event analytics.", no_args_is_hel
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _private_files() -> None:
+    # what Headwater creates (databases, keys, the log, table files) is its owner's only: README "Data at rest"
+    from headwater.runtime.datadir import UMASK
+
+    os.umask(UMASK)
+
 
 HostOpt = Annotated[str | None, typer.Option("--host", help="Address to bind.")]
 PortOpt = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on (0 = any free port).")]
@@ -76,6 +86,9 @@ def account_store(kind: str, config: Path | None, data_dir: Path | None) -> Iter
 
 
 def fail(message: str, code: int = 1) -> None:
+    from headwater.runtime.readiness import report_failure
+
+    report_failure(message)  # a child of `up` stopping at start-up: `up` shows this line and stops
     console.print(f"[red]error:[/red] {escape(message)}")  # a message is text, not markup ([[sources]])
     raise typer.Exit(code)
 
@@ -90,25 +103,48 @@ def up(
 ) -> None:
     """Run everything on one machine: collector, log, lake writer, maintenance, query API."""
     from headwater.cli.accounts import ensure_first_admin
+    from headwater.runtime import datadir
     from headwater.runtime.supervisor import Supervisor
+    from headwater.upgrade import prepare
 
-    # refuses a newer data directory; upgrades an older one (after a backup)
-    settings = settings_from(config, data_dir=data_dir, host=host, port=port)
+    settings = settings_from(config, formats=False, data_dir=data_dir, host=host, port=port)
+    try:
+        datadir.create(settings.data_dir)
+        lock = datadir.hold(settings.data_dir, settings.host)  # one `up` per data directory, refused at once
+        prepare(settings)  # refuses a newer data directory; upgrades an older one (after a backup)
+    except HeadwaterError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot use the data directory {settings.data_dir}: {exc.strerror or exc}")
+    for loose in datadir.loose_modes(settings.data_dir):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(loose))}")
     first_password = ensure_first_admin(settings)
     supervisor = Supervisor(settings, config)
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        supervisor.stopping.set()  # also ends a start-up still waiting for its children
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         bound = supervisor.start()
-    except RuntimeError as exc:
+    except HeadwaterError as exc:
         supervisor.stop()
+        if stop.is_set():
+            console.print("stopped during start-up")
+            return
         fail(str(exc))
     url = f"http://{settings.host}:{bound}"
+    lock.note_url(url)
     console.print(f"[green]Headwater is up[/green] at {url}  (data in {settings.data_dir.resolve()})")
+    sql_port = supervisor.sql_port()
+    if sql_port is not None:
+        console.print(f"SQL (PostgreSQL protocol): psql -h {settings.host} -p {sql_port} -U <key name>")
     if first_password:
         console.print(f"First run: web user [bold]admin[/bold], password [bold]{first_password}[/bold] (shown once)")
-    watcher = threading.Thread(target=supervisor.watch, daemon=True)
+    watcher = threading.Thread(target=supervisor.watch, args=(stop,), daemon=True)
     watcher.start()
     if demo:
         _start_demo(settings, url, stop)
@@ -117,8 +153,12 @@ def up(
         console.print(f"Sources: {escape(', '.join(running))} (state: headwater sources, or the Sources page)")
     console.print("Stop with Ctrl-C (intake stops first, then buffered events are committed).")
     stop.wait()
-    console.print("stopping: closing intake, committing buffered events…")
+    if supervisor.failure is None:
+        console.print("stopping: closing intake, committing buffered events…")
     supervisor.stop()
+    lock.close()
+    if supervisor.failure is not None:
+        fail(supervisor.failure)
     console.print("stopped")
 
 
@@ -160,9 +200,19 @@ def server(
     from headwater.runtime.processes import serve
 
     try:
-        serve(settings_from(config, data_dir=data_dir, host=host, port=port), port_file)
+        settings = settings_from(config, formats=False, data_dir=data_dir, host=host, port=port)
+        _refuse_beside_up(settings)
+        serve(settings, port_file)  # upgrades an older data directory itself
     except HeadwaterError as exc:
         fail(str(exc))
+
+
+def _refuse_beside_up(settings: Settings) -> None:
+    """A standalone server or writer on a data directory a running `up` holds would fight it: refuse."""
+    if "HEADWATER_CHILD" not in os.environ:  # not one of up's own children
+        from headwater.runtime.datadir import refuse_if_held
+
+        refuse_if_held(settings.data_dir)
 
 
 @app.command()
@@ -171,7 +221,9 @@ def writer(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     from headwater.runtime.processes import run_writer
 
     try:
-        run_writer(settings_from(config, data_dir=data_dir))
+        settings = settings_from(config, formats=False, data_dir=data_dir)
+        _refuse_beside_up(settings)
+        run_writer(settings)  # upgrades an older data directory itself
     except HeadwaterError as exc:
         fail(str(exc))
 
@@ -549,7 +601,7 @@ def source_settings_markdown() -> str:
 
 
 def _register_commands() -> None:
-    from headwater.cli import accounts, audit, models, plan, privacy, quarantine, sources, upgrade
+    from headwater.cli import accounts, audit, models, plan, privacy, quarantine, sources, sqlserver, upgrade
 
     accounts.register(app)
     sources.register(app)
@@ -559,6 +611,7 @@ def _register_commands() -> None:
     quarantine.register(app)
     upgrade.register(app)
     models.register(app)
+    sqlserver.register(app)
 
 
 _register_commands()

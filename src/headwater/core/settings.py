@@ -43,8 +43,40 @@ class Settings(BaseSettings):
         description="HTTP server processes sharing the port (0 = one per core; on 2 cores 1 is fastest).",
     )
     cors_origins: str = Field(
-        "*", description="Comma-separated origins allowed by CORS on the collector ('*' for any)."
+        "*", description="Comma-separated origins allowed by CORS on the collector endpoints ('*' for any)."
     )
+    api_cors_origins: str = Field(
+        "",
+        description="Comma-separated origins allowed by CORS on `/api/*` (default none: only the app served "
+        "from this server); never '*', since the API answers to session cookies.",
+    )
+    metrics_token: str | None = Field(
+        None,
+        description="Bearer token `/metrics` requires; unset, `/metrics` answers only clients on this machine "
+        "(loopback addresses).",
+    )
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="How long `up` waits for every child process to report ready before giving up."
+    )
+    restart_max: int = Field(
+        5,
+        ge=1,
+        description="`up` restarts a child that crashes after a healthy start (with back-off 1, 2, 4 … 30 s); "
+        "after more than this many crashes within `restart_window_s` it stops everything and exits non-zero.",
+    )
+    restart_window_s: float = Field(300.0, gt=0, description="The window `restart_max` counts crashes in.")
+    sql_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the PostgreSQL wire-protocol SQL server `up` also runs, for BI tools and psql "
+        "(unset: not run; 0 picks a free one); it binds to `host`. User: a read key's name or a web user's; "
+        "password: the key or the user's password.",
+    )
+    sql_tls_cert: Path | None = Field(
+        None, description="PEM certificate for TLS on the SQL server (with `sql_tls_key`); unset, no TLS."
+    )
+    sql_tls_key: Path | None = Field(None, description="PEM private key of `sql_tls_cert`.")
     json_logs: bool = Field(False, description="Write process logs as JSON lines instead of text.")
     log_level: str = Field("info", description="Process log level: debug, info, warning, error.")
 
@@ -390,6 +422,13 @@ class Settings(BaseSettings):
 
     # --- web users
     session_hours: float = Field(12.0, gt=0, description="Web sessions expire after this many hours.")
+    login_free_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed sign-ins allowed per user name and per client address before each further one "
+        "must wait (1 s, doubling up to `login_backoff_max_s`; 429 with Retry-After meanwhile).",
+    )
+    login_backoff_max_s: float = Field(900.0, gt=0, description="Longest wait imposed after repeated failed sign-ins.")
 
     # --- stream processors
     processors: list[str] = Field(

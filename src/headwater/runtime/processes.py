@@ -19,6 +19,7 @@ from headwater.core.settings import Settings
 from headwater.log import open_log
 from headwater.runtime.lifecycle import die_with_parent
 from headwater.runtime.logs import setup_logging
+from headwater.runtime.readiness import report_ready
 from headwater.upgrade import prepare
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,17 @@ def _serve_on(settings: Settings, sock: socket.socket) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _ReadyServer(config).run(sockets=[sock])
+
+
+class _ReadyServer(uvicorn.Server):
+    """A uvicorn server that tells `up` it is ready once the app's lifespan start-up is done and it serves."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit:
+            with contextlib.suppress(OSError):  # forked workers may race to write it: the first one is enough
+                report_ready()
 
 
 def _supervise_workers(children: list[int]) -> None:
@@ -177,6 +188,7 @@ def run_writer(settings: Settings) -> None:
         settings, consumer, event_log, build_stages(settings, open_engine(settings.effective_catalog_uri))
     )
     tune_gc()
+    report_ready()
     log.info(
         "lake writer started on the %s log (flush %d events / %d ms)",
         event_log.backend,
@@ -246,6 +258,7 @@ def run_processors(
         (manifest.folder / "replay.json").write_text(orjson.dumps({"from": where}).decode())
     worker = ProcessorWorker(settings, open_log(settings), pipelines)
     log.info("running %d processor(s): %s", len(pipelines), ", ".join(p.name for p in pipelines))
+    report_ready()
     worker.run(stop)
 
 
@@ -262,6 +275,7 @@ def run_source(settings: Settings, name: str) -> None:
             runner = SourceRunner(settings, source, open_log(settings))
             break
         except SourceError as exc:  # e.g. a missing copybook or directory: shown on the Sources page, retried
+            report_ready()  # running as configured: retrying is this source's job, not a reason to stop `up`
             log.error("source %s cannot start: %s; retrying in %d s", name, exc, SOURCE_RETRY_S)
             status = SourceStatus(settings, source)
             status.state = "failed"
@@ -271,6 +285,7 @@ def run_source(settings: Settings, name: str) -> None:
     else:
         return
     log.info("source %s (%s, %s) started", name, source.kind, source.format)
+    report_ready()
     runner.run(stop)
     log.info("source %s stopped after %d records", name, runner.status.records_in)
 
@@ -284,6 +299,7 @@ def run_privacy_worker(settings: Settings) -> None:
     lower_priority(settings)  # deletions rewrite files: never ahead of ingestion
     worker = PrivacyWorker(settings)
     log.info("privacy worker started")
+    report_ready()
     try:
         worker.run(stop)
     finally:
@@ -298,5 +314,6 @@ def run_ops(settings: Settings) -> None:
     lower_priority(settings)
     loop = OpsLoop(settings)
     log.info("ops worker started: %s", ", ".join(name for name, _, _ in loop.jobs) or "nothing to do")
+    report_ready()
     loop.run(stop)
     log.info("ops worker stopped")
