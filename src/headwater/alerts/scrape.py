@@ -75,7 +75,9 @@ class MetricsWindow:
             result = Scrape(now, None, f"no server port file in {Path(self.settings.data_dir) / 'run'}")
         else:
             try:
-                response = self.client.get(self.url)
+                token = self.settings.metrics_token
+                headers = {"authorization": f"Bearer {token}"} if token else None
+                response = self.client.get(self.url, headers=headers)
                 response.raise_for_status()
                 result = Scrape(now, parse(response.text))
             except (httpx.HTTPError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from headwater.api.audit import record
-from headwater.api.principal import SESSION_COOKIE, authenticate
+from headwater.api.audit import client_address, record
+from headwater.api.principal import SESSION_COOKIE, Principal, authenticate
 from headwater.core.errors import AuthError
 
 
@@ -41,12 +42,31 @@ def account_routes(services: Callable[[], Any]) -> list[Route]:
     """Routes for the web app's accounts; `services()` gives the opened Services."""
 
     async def login(request: Request) -> Response:
+        """Sign in (throttled per user name and per address; every attempt checked is audited)."""
         s = services()
         try:
             doc = await _body(request, "name", "password")
-            token, session = await run_in_threadpool(s.users.login, doc["name"], doc["password"])
         except AuthError as exc:
             return _error(exc)
+        name, address = doc["name"], client_address(request)
+        wait = await run_in_threadpool(s.sign_ins.retry_after, name, address)
+        if wait is not None:
+            seconds = str(max(1, math.ceil(wait)))
+            message = f"too many failed sign-ins: try again in {seconds} s"
+            response = _json({"success": False, "error": message, "retry_after": int(seconds)}, 429)
+            response.headers["retry-after"] = seconds
+            return response
+        who = Principal(name[:256], "user", "", frozenset())
+        try:
+            token, session = await run_in_threadpool(s.users.login, name, doc["password"])
+        except AuthError as exc:
+            if exc.status != 401:
+                return _error(exc)
+            imposed = await run_in_threadpool(s.sign_ins.failed, name, address)
+            await record(s.audit, request, who, "login.failed", name[:256], {"waits_s": imposed or 0})
+            return _error(exc)
+        await run_in_threadpool(s.sign_ins.succeeded, name)
+        await record(s.audit, request, who, "login.succeeded", name, {"role": session.user.role})
         response = _json({"user": session.user.name, "role": session.user.role, "csrf": session.csrf})
         response.set_cookie(
             SESSION_COOKIE, token, max_age=s.users.session_ms // 1000, httponly=True, samesite="strict",

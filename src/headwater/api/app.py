@@ -18,7 +18,6 @@ from prometheus_client.registry import REGISTRY
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -31,18 +30,22 @@ from headwater.api.boards import board_routes
 from headwater.api.catalog import catalog_routes
 from headwater.api.checks import check_routes
 from headwater.api.cohorts import cohort_routes
+from headwater.api.exposure import ScopedCors, SecurityHeaders, metrics_refusal, split
 from headwater.api.imports import import_routes
 from headwater.api.models import model_routes
+from headwater.api.openapi import openapi_routes
 from headwater.api.plans import plan_routes
 from headwater.api.principal import authenticate
 from headwater.api.privacy import privacy_routes
 from headwater.api.processors import ProcessorRegistry, processor_routes
 from headwater.api.quarantine import quarantine_routes
 from headwater.api.responses import error_response, json_response
+from headwater.api.segment import segment_routes
 from headwater.api.sources import source_routes
 from headwater.api.trend_alerts import trend_alert_routes
 from headwater.auth.audit import AuditLog
 from headwater.auth.keys import KeyStore
+from headwater.auth.throttle import SignInThrottle
 from headwater.auth.users import UserStore
 from headwater.boards.store import BoardStore
 from headwater.cohorts.store import CohortStore
@@ -128,6 +131,9 @@ class Services:
         self.log_problem: str | None = None
         self.keys = KeyStore(settings.store_uri("keys"))
         self.users = UserStore(settings.store_uri("users"), settings.session_hours)
+        self.sign_ins = SignInThrottle(
+            settings.store_uri("users"), settings.login_free_failures, settings.login_backoff_max_s
+        )
         limits = Limits(settings.max_request_bytes, settings.max_event_bytes, settings.max_batch_events)
         self.collector = Collector(self.producer, self.keys, limits)
         self.query_slots = QuerySlots(
@@ -191,6 +197,7 @@ class Services:
         self.deletions.engine.dispose()
         self.keys.close()
         self.users.close()
+        self.sign_ins.close()
 
 
 def metrics_registry() -> CollectorRegistry:
@@ -239,6 +246,9 @@ def build_app(settings: Settings) -> IngestApp:
         return json_response(payload)
 
     async def metrics_endpoint(request: Request) -> Response:
+        refused = metrics_refusal(request, settings)
+        if refused is not None:
+            return refused
         s = svc()
         s.collector.flush_metrics()
         body = generate_latest(metrics_registry()) + generate_latest(gauges_registry)
@@ -363,15 +373,10 @@ def build_app(settings: Settings) -> IngestApp:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-store"})
 
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    origins = split(settings.cors_origins)
     middleware = [
-        Middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["POST", "GET", "OPTIONS"],
-            allow_headers=["*"],
-            max_age=86400,
-        )
+        Middleware(ScopedCors, collector_origins=origins, api_origins=split(settings.api_cors_origins)),
+        Middleware(SecurityHeaders),
     ]
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -392,7 +397,9 @@ def build_app(settings: Settings) -> IngestApp:
     routes += trend_alert_routes(svc)
     routes += model_routes(svc)
     routes += cohort_routes(svc) + catalog_routes(svc)
+    routes += segment_routes(svc)
     routes += web_routes()
+    routes += openapi_routes(lambda: routes + ingest_routes)
     starlette = Starlette(
         routes=routes + ingest_routes,
         middleware=middleware,

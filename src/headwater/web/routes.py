@@ -12,12 +12,23 @@ from starlette.staticfiles import StaticFiles
 STATIC = Path(__file__).with_name("static")
 
 
+# No inline script anywhere (scripts are files under /static); styles may be set inline by the app and ECharts.
+_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+)
+APP_POLICY = _POLICY + "frame-ancestors 'none'"
+SHARE_POLICY = _POLICY + "frame-ancestors *"  # share links are meant to be embedded in other sites
+
+
 def web_routes() -> list[BaseRoute]:
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"x-frame-options": "DENY", "cache-control": "no-store"})
+        headers = {"content-security-policy": APP_POLICY, "x-frame-options": "DENY", "cache-control": "no-store"}
+        return FileResponse(STATIC / "index.html", headers=headers)
 
     async def share(request: Request) -> Response:
-        headers = {"content-security-policy": "frame-ancestors *", "cache-control": "no-store"}
+        """A shared dashboard or insight, embeddable in other sites' iframes."""
+        headers = {"content-security-policy": SHARE_POLICY, "cache-control": "no-store"}
         return FileResponse(STATIC / "index.html", headers=headers)
 
     return [
