@@ -33,6 +33,8 @@ _WANTED_HEADERS = {
 }  # fmt: skip
 INGEST_PATHS = {"/track": RAW_TRACK, "/v1/import": "batch", "/v1/batch": "batch"}
 INGEST_PATHS.update({f"/v1/{t}": t for t in SEGMENT_TYPES})
+# analytics-next (Segment's browser SDK) posts to `<apiHost>/<first letter of the type>`: /v1/t, /v1/p, /v1/b …
+INGEST_PATHS.update({f"/v1/{t[0]}": t for t in SEGMENT_TYPES} | {"/v1/b": "batch"})
 
 
 def request_key(headers: Mapping[str, str]) -> str | None:
