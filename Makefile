@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: install up test test-fast test-processing test-sources test-privacy test-trust test-ops test-cluster test-engines lint format bench clean browser screenshots
+.PHONY: install up test test-fast test-processing test-sources test-privacy test-trust test-ops test-hardening test-cluster test-engines lint format bench clean browser screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -74,6 +74,11 @@ test-ops: install services  ## SQL models, data checks, alerting, query slots, u
 		tests/integration/test_models*.py tests/integration/test_checks*.py tests/integration/test_alerts*.py \
 		tests/integration/test_query_slots.py tests/integration/test_upgrade*.py tests/processing/test_state_versions.py \
 		tests/engines/test_spark_models.py
+
+test-hardening: install browser  ## start-up, data directory, sign-in throttling, exposure/CSP, browser SDK, SQL server, OpenAPI fuzz
+	$(VENV)/bin/pytest -m "not cluster" tests/integration/test_startup.py tests/unit/test_datadir.py \
+		tests/integration/test_security.py tests/browser/test_csp.py tests/integration/test_segment_paths.py \
+		tests/browser/test_segment_sdk.py tests/integration/test_sql_server.py tests/integration/test_openapi.py
 
 test-cluster: install services  ## every suite on Kafka + PostgreSQL + S3 (started by the tests)
 	$(VENV)/bin/pytest -m cluster
