@@ -17,6 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -404,7 +405,7 @@ def build_app(settings: Settings) -> IngestApp:
         routes=routes + ingest_routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={QueryBusy: _query_busy},
+        exception_handlers={QueryBusy: _query_busy, HTTPException: _http_error},
     )
     ingest = IngestApp(starlette, origins)
     return ingest
@@ -433,6 +434,18 @@ def _query_error(exc: QueryError) -> Response:
 async def _query_busy(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, QueryBusy)
     return _query_error(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (no route, wrong method) as the JSON error shape under /api/, plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/api/"):
+        return Response(exc.detail, exc.status_code, exc.headers, media_type="text/plain")
+    if exc.status_code == 404:
+        message = f"no API endpoint {request.method} {request.url.path[:200]}"
+    else:
+        message = f"{exc.detail} ({request.method} {request.url.path[:200]})"
+    return error_response(message, exc.status_code, dict(exc.headers) if exc.headers else None)
 
 
 async def _method_not_allowed(request: Request) -> Response:
