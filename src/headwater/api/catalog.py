@@ -34,8 +34,9 @@ from starlette.routing import Route
 from headwater.api.principal import authenticate
 from headwater.api.responses import json_response
 from headwater.core.errors import AuthError, QueryError
+from headwater.core.sql_literals import lit
 from headwater.insights.spec import COLUMNS
-from headwater.insights.sql import lit, prop, ts
+from headwater.insights.sql import prop, ts
 from headwater.query.engine import QueryEngine
 
 CACHE_SECONDS = 60.0

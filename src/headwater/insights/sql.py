@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
+from headwater.core.sql_literals import lit
 from headwater.insights.spec import (
     COHORT,
     COLUMNS,
@@ -49,17 +50,6 @@ def actor(q: Insight, table: str = "") -> str:
     if q.count_by == "persons":
         return f"{prefix}person_id"
     return f"coalesce({prefix}user_id, {prefix}anonymous_id)"
-
-
-def lit(value: object) -> str:
-    """A SQL literal for a string, number, boolean or None."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def ts(value: datetime) -> str:

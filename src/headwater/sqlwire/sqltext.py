@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headwater.core.errors import QueryError
+from headwater.core.sql_literals import lit
 
 _SEGMENT = re.compile(
     r"""(?P<str>[eE]?'(?:[^'\\]|''|\\.)*')"""  # quoting: '…' ('' escapes; backslashes only matter in E'…')
@@ -57,16 +58,10 @@ def split(sql: str) -> list[tuple[str, str]]:
 
 
 def literal(value: Any) -> str:
-    """A parameter value as an SQL literal (numbers bare, everything else a quoted string)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
-        return repr(value)
+    """A parameter value as an SQL literal (numbers bare, lists as DuckDB lists, everything else quoted)."""
     if isinstance(value, list):
         return "[" + ", ".join(literal(v) for v in value) + "]"
-    return "'" + str(value).replace("'", "''") + "'"
+    return lit(value)
 
 
 def _typed(value: Any, oid: int) -> str:
