@@ -21,7 +21,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import IntegerType, LongType, NestedField, StringType, TimestampType
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from headwater.core.settings import Settings
 from headwater.lake.layout import declare_sort_order
@@ -114,8 +114,9 @@ def open_catalog(settings: Settings) -> Catalog:
     for attempt in range(5):
         try:
             return SqlCatalog(NAMESPACE, uri=settings.effective_catalog_uri, warehouse=warehouse_uri(settings), **props)
-        except (IntegrityError, ProgrammingError):
-            if attempt == 4:
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            # SQLite reports the lost race as OperationalError "table … already exists"
+            if attempt == 4 or (isinstance(exc, OperationalError) and "already exists" not in str(exc)):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
