@@ -240,7 +240,8 @@ def test_band_forecast_save_and_alert_me(shop: RunningHeadwater, browser: Browse
     expect(page.locator("input[name=from]")).to_be_visible()
     page.fill("input[name=from]", (datetime.now(UTC) - timedelta(days=20)).date().isoformat())
     page.locator("input[name=from]").dispatch_event("change")
-    page.wait_for_function('decodeURIComponent(location.hash).includes(\'"range":"custom"\')')
+    # a function, not an expression string: the app's CSP (no 'unsafe-eval') refuses Playwright's eval of strings
+    page.wait_for_function("""() => decodeURIComponent(location.hash).includes('"range":"custom"')""")
 
     # saved, it can get an alert
     page.fill("input[name=save-name]", "Page views")

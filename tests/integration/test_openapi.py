@@ -25,7 +25,7 @@ from tests.helpers import RunningHeadwater, child_env, make_keys, serving
 DESTRUCTIVE = r"(revoke|/logout|/password|/role)"
 KEEP = re.compile(r"^/api/(keys|users)/")  # deleting them would end the run (the admin key) or its sessions
 STREAMS = r"^/api/live/stream$"  # server-sent events: each request would wait for its timeout
-EXAMPLES = int(os.environ.get("HEADWATER_OPENAPI_EXAMPLES", "50"))  # per operation; the whole run stays ~2 minutes
+EXAMPLES = int(os.environ.get("HEADWATER_OPENAPI_EXAMPLES", "25"))  # per operation; the whole run stays about a minute
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,9 @@ def test_short_paths_take_text_plain_bodies_with_the_key_inside(headwater: Runni
     )
     # a retried call (same messageId) is stored once
     again = {**calls["t"], "userId": user, "messageId": f"{user}-t", "writeKey": key}
-    assert headwater.post("/v1/t", orjson.dumps(again)).json()["duplicates"] == 1
+    assert headwater.post("/v1/t", orjson.dumps(again)).status_code == 200
+    # (the embedded log answers `duplicates`; on Kafka the lake writers drop the copy: the lake is what counts)
+    headwater.wait_rows(f"SELECT count(*) FROM events WHERE user_id = '{user}' AND type = 'track'", [[4]])
     # the write key never reaches the lake
     rows = headwater.sql(f"SELECT count(*) FROM events WHERE user_id = '{user}' AND context LIKE '%{key}%'")
     assert rows == [[0]]
