@@ -23,7 +23,9 @@ from tests.unit.test_alerts import Receiver, receiving
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHeadwater]:
-    for running in admin_and_analyst_app(tmp_path_factory, "journey", alerts_enabled="true", alert_interval_s=1):
+    for running in admin_and_analyst_app(
+        tmp_path_factory, "journey", alerts_enabled="true", alert_interval_s=1, webhook_allowed_hosts='["127.0.0.1"]'
+    ):
         seed(running, shop_lines())
         yield running
 

@@ -39,7 +39,8 @@ def _receiver() -> Iterator[Receiver]:
 def up(data_dir: Path, **settings: Any) -> Iterator[RunningHeadwater]:
     data_dir.mkdir(exist_ok=True)
     keys = make_keys(data_dir)
-    env = child_env(data_dir, flush_interval_ms=200, **{"alerts_enabled": "false", **settings})
+    local = {"alerts_enabled": "false", "webhook_allowed_hosts": '["127.0.0.1"]'}  # the receiver is local
+    env = child_env(data_dir, flush_interval_ms=200, **{**local, **settings})
     running = RunningHeadwater(data_dir, env, keys=keys)
     try:
         yield running.start()
@@ -72,8 +73,8 @@ def track(running: RunningHeadwater, rows: list[dict[str, Any]]) -> None:
     assert running.post("/track", body, running.keys["write"]).status_code == 200
 
 
-def evaluator(data_dir: Path) -> AlertEvaluator:
-    settings = make_settings(data_dir, port=0)
+def evaluator(data_dir: Path, allowed: tuple[str, ...] = ("127.0.0.1",)) -> AlertEvaluator:
+    settings = make_settings(data_dir, port=0, webhook_allowed_hosts=list(allowed))
     OPENED.append(AlertEvaluator(settings, open_engine(settings.effective_catalog_uri), [trend_alerts(settings)]))
     return OPENED[-1]
 
@@ -187,6 +188,47 @@ def test_threshold_fires_once_then_resolves_with_history_and_a_log_line(
         # a disabled rule leaves the evaluator's rules
         api(running, "PUT", f"/api/trend-alerts/{free['id']}", {**free_spec(free), "enabled": False})
         assert rules[2] not in {c.name for c in ev.conditions()[0]}
+
+
+def test_webhooks_to_internal_addresses_are_refused(tmp_path: Path, receiver: Receiver) -> None:
+    """An analyst cannot aim the ops worker at internal services: refused when saved unless the operator allowed
+    the host (by host:port or network), and again at delivery when the setting no longer allows it."""
+    data_dir = tmp_path / "d"
+    allowed = json.dumps([receiver.url.split("/")[2], "10.9.0.0/16"])
+    with up(data_dir, webhook_allowed_hosts=allowed) as running:
+        trend = save_trend(running, "Checkout")
+        analyst = {"Authorization": f"Bearer {running.keys['read']}"}
+        good = {"name": "n", "insight_id": trend, "threshold": 0}
+        refused = [
+            ("http://127.0.0.1:9/other-port", "127.0.0.1"), ("http://169.254.169.254/latest/", "169.254.169.254"),
+            ("http://localhost:9/x", "localhost (127.0.0.1)"), ("https://10.1.2.3/hook", "10.1.2.3"),
+            ("http://[::ffff:10.0.0.1]/", "::ffff:10.0.0.1 (10.0.0.1)"), ("http://[::1]/", "::1"),
+            ("http://2130706433/", "2130706433 (127.0.0.1)"),  # 127.0.0.1 written as one number
+        ]  # fmt: skip
+        for url, shown in refused:
+            answer = httpx.post(running.url + "/api/trend-alerts", json={**good, "webhook": url}, headers=analyst,
+                                timeout=30)  # fmt: skip
+            assert answer.status_code == 400, (url, answer.text)
+            error = answer.json()["error"]
+            assert error.startswith(f"webhook: {shown} is not a public address") and "webhook_allowed_hosts" in error
+        rule = create(running, **{**good, "webhook": receiver.url})
+        for url in ("http://10.9.8.7/allowed-net", "https://hooks.example.com/x"):  # allowed; not resolvable here
+            made = create(running, **{**good, "webhook": url})
+            assert api(running, "GET", f"/api/trend-alerts/{made['id']}").json()["webhook"] == url
+            api(running, "DELETE", f"/api/trend-alerts/{made['id']}")
+        moved = api(running, "PUT", f"/api/trend-alerts/{rule['id']}", {**good, "webhook": "http://127.0.0.1:9/"})
+        assert moved.status_code == 400 and moved.json()["error"].startswith("webhook: 127.0.0.1 is not a public")
+
+        # delivered by an evaluator whose setting no longer allows the receiver: refused, recorded, retried later
+        track(running, [{"event": "Checkout", "userId": "u1"}])
+        running.wait_rows("SELECT count(*) FROM events", [[1]])
+        name = f"trend.{rule['id']}"
+        assert name in evaluator(data_dir, allowed=()).tick(time.time())["firing"]
+        assert bodies(receiver, name) == []
+        (entry,) = api(running, "GET", f"/api/alerts/history?rule={name}").json()["history"]
+        outcome = entry["deliveries"][receiver.url]
+        assert entry["delivery"] == "pending" and outcome["ok"] is False
+        assert outcome["error"].startswith("refused: webhook: 127.0.0.1 is not a public address"), outcome
 
 
 def free_spec(rule: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from headwater.alerts.builtins import builtin_conditions, thresholds
 from headwater.alerts.conditions import Condition, ConditionSource, Context, Finding, MetricCondition
+from headwater.alerts.egress import WebhookGuard
 from headwater.alerts.notify import GIVE_UP_S, payload, post
 from headwater.alerts.scrape import MetricsWindow, metrics_url
 from headwater.alerts.store import ALERTS, HISTORY, RULES, AlertStore, fingerprint, silence_matches
@@ -72,6 +73,7 @@ class AlertEvaluator:
         windows = [rule.window_s for rule in settings.alert_rules]
         self.metrics = MetricsWindow(settings, keep_s=max([900.0, *windows]) + 4 * settings.alert_interval_s)
         self.http = http or httpx.Client()
+        self.guard = WebhookGuard(settings.webhook_allowed_hosts)
         self._log: EventLog | None = None
         self._answers: dict[str, tuple[float, list[Finding] | None, str | None]] = {}
         self.last: dict[str, Any] = {}
@@ -307,7 +309,11 @@ class AlertEvaluator:
             for url in entry["targets"]:
                 if deliveries.get(url, {}).get("ok") or url in broken:
                     continue
-                outcome = post(self.http, url, body)
+                refusal = None if url in self.settings.alert_webhooks else self.guard.refusal(url)
+                if refusal:
+                    outcome = {"ok": False, "status": None, "error": f"refused: {refusal}", "at": time.time()}
+                else:
+                    outcome = post(self.http, url, body)
                 deliveries[url] = outcome
                 if not outcome["ok"]:
                     broken.add(url)

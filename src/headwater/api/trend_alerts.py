@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from headwater.alerts.egress import WebhookGuard
 from headwater.alerts.store import AlertStore
 from headwater.alerts.trends import TrendAlertSpec, TrendAlertStore, TrendCondition, check_rule
 from headwater.api.audit import record
@@ -75,6 +76,11 @@ def trend_alert_routes(services: Callable[[], Any]) -> list[Route]:
             check_rule(spec, saved)
         except AlertError as exc:
             return error_response(str(exc), 400)
+        if spec.webhook:  # an analyst may not aim the ops worker at internal services (alerts/egress.py)
+            guard = WebhookGuard(s.settings.webhook_allowed_hosts)
+            refusal = await run_in_threadpool(guard.refusal, spec.webhook)
+            if refusal:
+                return error_response(refusal, 400)
         return spec
 
     def shown(rule: dict[str, Any], who: Principal, alerts: list[dict[str, Any]], last: dict[str, Any] | None) -> Any:

@@ -363,6 +363,12 @@ class Settings(BaseSettings):
         description="URLs that receive a JSON POST when an alert fires and when it resolves (every alert is also "
         "a log line); env: a JSON list.",
     )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts, addresses or networks (`hooks.internal`, `hooks.internal:8443`, `10.1.0.0/16`, `*` for "
+        "any) that trend-alert webhooks may call although they are loopback, private or link-local; public "
+        "addresses need no entry (see SECURITY.md); env: a JSON list.",
+    )
     alert_rules: list[AlertRule] = Field(
         default_factory=list,
         description="User alert rules on any metric of /metrics (`[[alert_rules]]` tables); their fields: "
