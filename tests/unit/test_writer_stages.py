@@ -85,6 +85,10 @@ def test_files_before_a_column_existed_read_as_null(data_dir: Path) -> None:
     producer = log.producer()
     producer.append([(b"k", envelope(i)) for i in range(5)]).result()
     pump(LakeWriter(settings, log.consumer(GROUP), log))  # no stages: no `tag`
+    # the columns the built-in stages add are there before any stage ran, as NULL
+    assert rows(data_dir, "SELECT count(*), count(country), count(is_bot), count(plan_version) FROM events") == [
+        [5, 0, 0, 0]
+    ]
     producer.append([(b"k", envelope(i)) for i in range(5, 8)]).result()
     pump(LakeWriter(settings, log.consumer(GROUP), log, stages=[Tagger()]))
     assert rows(data_dir, "SELECT count(*), count(tag) FROM events") == [[8, 3]]

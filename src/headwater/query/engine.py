@@ -32,6 +32,7 @@ from pyiceberg.table import FileScanTask, Table
 from headwater.core import metrics
 from headwater.core.errors import QueryError
 from headwater.core.settings import Settings
+from headwater.enrich.common import ENRICHED_COLUMNS
 from headwater.lake.coordination import open_engine
 from headwater.lake.rollups import RollupStore
 from headwater.lake.shredding import Added, empty_exprs, shreds, view_sql
@@ -55,6 +56,9 @@ _LOCATIONS = sa.text(
     "WHERE catalog_name = :catalog AND table_namespace = :namespace"
 )
 DUCK_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "int": "INTEGER", "long": "BIGINT"}
+# the columns the writer's stages add to `events` when they first run (enrichment, plans): until then the view
+# gives them as NULL, so a breakdown by `country` without a GeoIP database answers "no value" instead of failing
+STAGE_COLUMNS = {**dict.fromkeys((*ENRICHED_COLUMNS, "plan_version"), "VARCHAR"), "is_bot": "BOOLEAN"}
 OUTPUT_TYPES = {
     **DUCK_TYPES, "timestamptz": "TIMESTAMPTZ", "double": "DOUBLE", "float": "FLOAT", "boolean": "BOOLEAN",
     "date": "DATE", "binary": "BLOB",
@@ -244,12 +248,16 @@ class QueryEngine:
                 expr = f'CAST("{column.name}" AS JSON)'
             columns.append(f'{expr} AS "{column.name}"')
         added = added_columns(schema, table.schema()) if name == "events" else []
+        if name == "events":
+            present = {f.name for f in table.schema().columns}
+            columns += [f'CAST(NULL AS {t}) AS "{c}"' for c, t in STAGE_COLUMNS.items() if c not in present]
         shredded = name == "events" and (bool(shreds(table.schema())) or bool(added))
         if not tasks:
             empty = [
                 f'CAST(NULL AS {"JSON" if c.name in json_columns else DUCK_TYPES[str(c.field_type)]}) AS "{c.name}"'
                 for c in schema.columns
             ]
+            empty += columns[len(schema.columns) :]  # the absent stage columns
             if shredded:
                 empty += empty_exprs(table.schema(), added)
             return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(empty)} WHERE false'
