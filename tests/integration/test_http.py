@@ -351,7 +351,7 @@ def test_saved_insights_dashboards_and_share_links(headwater: RunningHeadwater) 
     live_board = {"name": "Live", "tiles": [{"live": {"event": "S2", "limit": 5}}, {"insight_id": saved.json()["id"]}]}
     live_id = httpx.post(api + "/dashboards", json=live_board, headers=analyst).json()["id"]
     token = httpx.post(f"{api}/dashboards/{live_id}/shares", headers=analyst).json()["token"]
-    feed = httpx.get(f"{headwater.url}/api/shared/{token}/live/0").json()["events"]
+    feed = httpx.get(f"{headwater.url}/api/shared/{token}/live/0", timeout=60).json()["events"]  # Kafka: a reader
     assert (
         feed
         and all(e["event"] == "S2" for e in feed)
