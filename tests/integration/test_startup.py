@@ -50,7 +50,10 @@ def wait_for(what: str, check: Callable[[], bool], running: RunningHeadwater, ti
 
 
 def kill_writer(data_dir: Path, running: RunningHeadwater) -> int:
-    """kill -9 the ready writer of `running`; its pid."""
+    """kill -9 the ready writer of `running`, once `up` said it is up (a child dying before that is a failed
+    start, not a crash); its pid."""
+    assert running.log_path is not None
+    wait_for("up", lambda: "Headwater is up" in running.log_path.read_text(errors="replace"), running)  # type: ignore[union-attr]
     wait_for("writer ready", lambda: ready_pid(data_dir, "writer") is not None, running)
     pid = ready_pid(data_dir, "writer")
     assert pid is not None
