@@ -248,16 +248,16 @@ class QueryEngine:
                 expr = f'CAST("{column.name}" AS JSON)'
             columns.append(f'{expr} AS "{column.name}"')
         added = added_columns(schema, table.schema()) if name == "events" else []
-        if name == "events":
-            present = {f.name for f in table.schema().columns}
-            columns += [f'CAST(NULL AS {t}) AS "{c}"' for c, t in STAGE_COLUMNS.items() if c not in present]
+        present = {f.name for f in table.schema().columns} if name == "events" else set(STAGE_COLUMNS)
+        absent = [f'CAST(NULL AS {t}) AS "{c}"' for c, t in STAGE_COLUMNS.items() if c not in present]
+        columns += absent
         shredded = name == "events" and (bool(shreds(table.schema())) or bool(added))
         if not tasks:
             empty = [
                 f'CAST(NULL AS {"JSON" if c.name in json_columns else DUCK_TYPES[str(c.field_type)]}) AS "{c.name}"'
                 for c in schema.columns
             ]
-            empty += columns[len(schema.columns) :]  # the absent stage columns
+            empty += absent
             if shredded:
                 empty += empty_exprs(table.schema(), added)
             return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(empty)} WHERE false'
